@@ -1,0 +1,216 @@
+"""``hitmusic``: every step a user takes, one subcommand each. ``hitmusic <command> --help`` is its manual.
+
+Typical session (what ``hitmusic demo`` runs):
+
+    hitmusic up                                   # local Ray + MLflow server (SQLite) in the background
+    hitmusic synth .hitmusic/catalogue            # sample catalogue in the SPD layout, with audio
+    hitmusic extract .hitmusic/catalogue/manifest.parquet .hitmusic/features
+    hitmusic build .hitmusic/features .hitmusic/catalogue .hitmusic/model_table.parquet
+    hitmusic train .hitmusic/model_table.parquet  # logs a run, registers a new model version
+    hitmusic promote --version 1                  # alias 'champion' -> version 1
+    hitmusic serve                                # Ray Serve HTTP endpoint on 127.0.0.1:8000
+    hitmusic score .hitmusic/model_table.parquet .hitmusic/scores
+    hitmusic down                                 # stop Serve, Ray and MLflow
+
+Environment: HITMUSIC_HOME (data directory, default ./.hitmusic), MLFLOW_TRACKING_URI (default
+http://127.0.0.1:5000), RAY_ADDRESS (default: the local instance started by ``hitmusic up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import ServiceConfig, SynthConfig
+
+
+def module_main(doc: str, prog: str, add_arguments: Callable, main_from_args: Callable,
+                argv: list[str] | None = None) -> int:
+    """Shared ``main`` of the runnable modules (``python -m pipelines.<job>``)."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return main_from_args(p.parse_args(argv))
+
+
+def _services(args) -> ServiceConfig:
+    return ServiceConfig(home=Path(args.home).resolve(), mlflow_port=args.mlflow_port, serve_port=args.serve_port)
+
+
+def _export_tracking(cfg: ServiceConfig) -> None:
+    os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
+
+
+def cmd_up(args) -> int:
+    from .services import up
+
+    for k, v in up(_services(args)).items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from .services import down
+
+    down(_services(args))
+    print("stopped Serve, Ray and the MLflow server")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .synth import generate
+
+    cfg = SynthConfig(n_tracks=args.n_tracks, tracks_per_artist=args.tracks_per_artist, duration_s=args.duration,
+                      sr=args.sr, seed=args.seed, audio_format=args.format)
+    paths = generate(args.out, cfg)
+    print(f"synth: {cfg.n_tracks} tracks -> {args.out} (manifest: {paths['manifest']})")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from .registry import latest_version, promote
+
+    _export_tracking(_services(args))
+    version = args.version or latest_version(args.model).version
+    ref = promote(args.model, version, args.alias)
+    print(f"{ref.name}@{args.alias} -> version {ref.version}")
+    return 0
+
+
+def _with_tracking(fn: Callable) -> Callable:
+    def run(args) -> int:
+        _export_tracking(_services(args))
+        return fn(args)
+
+    return run
+
+
+def cmd_demo(args) -> int:
+    """Everything, end to end, on a generated catalogue; leaves the services running."""
+    import pandas as pd
+
+    from pipelines import build, extract, score
+    from serve.deploy import deploy
+
+    from .config import TrainConfig
+    from .registry import promote
+    from .services import up
+    from .synth import generate
+    from .train import train
+
+    svc = _services(args)
+    home = svc.home
+    t0 = time.monotonic()
+
+    def step(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:6.1f} s] {msg}", flush=True)
+
+    step("starting Ray and the MLflow server")
+    urls = up(svc)
+    os.environ["MLFLOW_TRACKING_URI"] = svc.tracking_uri
+    catalogue = home / "catalogue"
+    step(f"generating a {args.n_tracks}-track sample catalogue in {catalogue}")
+    paths = generate(catalogue, SynthConfig(n_tracks=args.n_tracks, duration_s=args.duration))
+    step("extracting features with Ray Data")
+    extract.run(paths["manifest"], home / "features")
+    step("building the model table")
+    table_path = build.run(home / "features", catalogue, home / "model_table.parquet")
+    step("training HitMusicNet (MusicAENet + MusicPopNet), logging to MLflow")
+    result = train(pd.read_parquet(table_path), TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs),
+                   svc.tracking_uri)
+    step(f"registered {result.model_name} version {result.version}: test MAE {result.metrics['test_mae']:.4f} "
+         f"(predicting the mean: {result.metrics['test_mae_predict_mean']:.4f})")
+    promote(result.model_name, result.version)
+    step(f"promoted version {result.version} to champion; deploying Ray Serve")
+    url = deploy(result.model_name, "champion", svc.tracking_uri, svc.host, svc.serve_port)
+    step("scoring the whole catalogue with a Ray job")
+    score.run(table_path, home / "scores", result.model_name, "champion", svc.tracking_uri)
+    scores = score.read_scores(home / "scores")
+    step(f"scored {len(scores)} tracks -> {home / 'scores'}")
+    table = pd.read_parquet(table_path)
+    from .data import feature_columns, training_rows
+
+    row = training_rows(table).iloc[0]
+    example = {"rows": [{"track_id": row["track_id"], **{c: float(row[c]) for c in feature_columns(table)}}]}
+    example_path = home / "example_request.json"
+    example_path.write_text(json.dumps(example))
+    print(f"""
+Done in {time.monotonic() - t0:.0f} s.
+  MLflow UI:      {urls['mlflow']}  (experiment '{result.model_name}', model '{result.model_name}' @champion)
+  Ray dashboard:  {urls['ray_dashboard']}
+  Endpoint:       {url}/predict   (docs: {url}/docs)
+  Scores:         {home / 'scores'}
+
+Try it:
+  curl -s {url}/
+  curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d @{example_path}
+
+Stop everything with: make stop   (or: hitmusic down)""")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines import build, extract, score, train
+    from serve import deploy
+
+    p = argparse.ArgumentParser(prog="hitmusic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    d = ServiceConfig()
+    common.add_argument("--home", default=str(d.home), help="data directory (default $HITMUSIC_HOME or ./.hitmusic)")
+    common.add_argument("--mlflow-port", type=int, default=d.mlflow_port, help="MLflow server port (default 5000)")
+    common.add_argument("--serve-port", type=int, default=d.serve_port, help="Serve HTTP port (default 8000)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, func: Callable, module=None) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, parents=[common], description=(module.__doc__ if module else help_),
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if module is not None:
+            module.add_arguments(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    add("up", "start the local Ray instance and the MLflow server in the background", cmd_up)
+    add("down", "stop Serve, Ray and the MLflow server", cmd_down)
+    sp = add("synth", "generate a sample catalogue in the SPD layout, with audio and lyrics", cmd_synth)
+    s = SynthConfig()
+    sp.add_argument("out", type=Path, help="directory to write the catalogue to")
+    sp.add_argument("--n-tracks", type=int, default=s.n_tracks, help=f"number of tracks (default {s.n_tracks})")
+    sp.add_argument("--tracks-per-artist", type=int, default=s.tracks_per_artist,
+                    help=f"tracks per artist (default {s.tracks_per_artist})")
+    sp.add_argument("--duration", type=float, default=s.duration_s, help="preview length, s (default 30)")
+    sp.add_argument("--sr", type=int, default=s.sr, help=f"sample rate of the previews (default {s.sr})")
+    sp.add_argument("--format", choices=["wav", "flac", "ogg"], default=s.audio_format, help="audio file format")
+    sp.add_argument("--seed", type=int, default=s.seed, help=f"random seed (default {s.seed})")
+    add("extract", "Ray Data job: audio + lyric features per track", lambda a: extract.main_from_args(a), extract)
+    add("build", "join features with metadata into the model table", lambda a: build.main_from_args(a), build)
+    add("train", "train HitMusicNet, log to MLflow, register a version", _with_tracking(train.main_from_args), train)
+    sp = add("promote", "point the 'champion' alias at a model version", cmd_promote)
+    sp.add_argument("--model", default="hitmusicnet", help="registered model name (default hitmusicnet)")
+    sp.add_argument("--version", default=None, help="version to promote (default: the latest)")
+    sp.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    add("serve", "deploy the champion on Ray Serve (HTTP)", _with_tracking(deploy.main_from_args), deploy)
+    add("score", "Ray job: score a catalogue with the champion into Parquet", _with_tracking(score.main_from_args),
+        score)
+    sp = add("demo", "run every step on a generated catalogue and leave the services up", cmd_demo)
+    sp.add_argument("--n-tracks", type=int, default=200, help="tracks in the sample catalogue (default 200)")
+    sp.add_argument("--duration", type=float, default=30.0, help="preview length, s (default 30)")
+    sp.add_argument("--epochs", type=int, default=100, help="maximum training epochs (default 100)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, LookupError) as exc:
+        print(f"hitmusic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

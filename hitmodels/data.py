@@ -1,0 +1,291 @@
+"""Catalogue loading: the SpotGenTrack (SPD) layout, manifests, and the model table.
+
+SPD's published CSVs carry quirks a loader must survive: a byte-order mark and an unnamed index column,
+multi-line quoted lyrics, records broken apart by unbalanced quotes inside the lyrics, Python list literals
+(``"['AD', 'AE']"``) for list-valued columns, and dates such as ``2/8/19`` beside ``2019`` and ``2019-02-08``.
+Broken records are never fatal: :func:`read_spd_csv` returns them as rejects with the line and the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DATA_SOURCES = "Data Sources"
+FEATURES_EXTRACTED = "Features Extracted"
+
+TRACK_COLUMNS = [
+    "", "acousticness", "album_id", "analysis_url", "artists_id", "available_markets", "country",
+    "danceability", "disc_number", "duration_ms", "energy", "href", "id", "instrumentalness", "key",
+    "liveness", "loudness", "lyrics", "mode", "name", "playlist", "popularity", "preview_url", "speechiness",
+    "tempo", "time_signature", "track_href", "track_name_prev", "track_number", "uri", "valence", "type",
+]
+ARTIST_COLUMNS = ["", "artist_popularity", "followers", "genres", "id", "name", "track_id", "track_name_prev",
+                  "type"]
+ALBUM_COLUMNS = [
+    "", "album_type", "artist_id", "available_markets", "external_urls", "href", "id", "images", "name",
+    "release_date", "release_date_precision", "total_tracks", "track_id", "track_name_prev", "uri", "type",
+]
+LYRIC_FEATURE_COLUMNS = ["mean_syllables_word", "mean_words_sentence", "n_sentences", "n_words",
+                         "sentence_similarity", "vocabulary_wealth"]
+
+# Metadata columns the model table derives from the Spotify tables (section IV-C of the paper plus release year).
+METADATA_COLUMNS = ["artist_popularity", "artist_followers_log", "n_available_markets", "release_year"]
+
+_SPOTIFY_ID = re.compile(r"^[0-9A-Za-z]{22}$")
+
+# Lyrics fields are long: the csv module's 128 KiB default is too small for some SPD rows.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def parse_list_literal(value: object) -> list:
+    """``"['AD', 'AE']"`` -> ``['AD', 'AE']``; anything unparsable or missing -> ``[]``."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        parsed = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return []
+    return list(parsed) if isinstance(parsed, (list, tuple)) else []
+
+
+def parse_release_year(value: object) -> float:
+    """Year of an SPD ``release_date``: ``2019``, ``2019-02-08`` or ``2/8/19`` (m/d/yy); NaN if unreadable."""
+    if not isinstance(value, str):
+        return np.nan
+    s = value.strip()
+    if m := re.fullmatch(r"(\d{4})(?:-\d{1,2}(?:-\d{1,2})?)?", s):
+        return float(m.group(1))
+    if m := re.fullmatch(r"\d{1,2}/\d{1,2}/(\d{2}|\d{4})", s):
+        y = int(m.group(1))
+        if y < 100:  # two-digit years: SPD's releases span the 1900s and 2000s up to 2019
+            y += 2000 if y <= 30 else 1900
+        return float(y)
+    return np.nan
+
+
+@dataclass
+class TableRead:
+    """A parsed SPD table plus the records that could not be used, each with line number and reason."""
+
+    rows: pd.DataFrame
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["file", "line", "reason"]))
+
+
+def _validators(kind: str):
+    def is_int(v: str) -> bool:
+        return bool(re.fullmatch(r"-?\d+(\.0+)?", v.strip()))
+
+    def is_num(v: str) -> bool:
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return False
+
+    if kind == "tracks":
+        return {
+            "id": lambda v: bool(_SPOTIFY_ID.match(v)) or "id is not a 22-character Spotify id",
+            "popularity": lambda v: (is_int(v) and 0 <= float(v) <= 100) or "popularity is not an integer 0-100",
+            "duration_ms": lambda v: is_num(v) or "duration_ms is not a number",
+            "": lambda v: is_int(v) or "index column is not an integer",
+        }
+    if kind == "artists":
+        return {
+            "id": lambda v: bool(_SPOTIFY_ID.match(v)) or "id is not a 22-character Spotify id",
+            "artist_popularity": lambda v: is_num(v) or "artist_popularity is not a number",
+            "followers": lambda v: v.strip() == "" or is_num(v) or "followers is not a number",
+        }
+    if kind == "albums":
+        return {"id": lambda v: bool(_SPOTIFY_ID.match(v)) or "id is not a 22-character Spotify id"}
+    if kind == "lyrics_features":
+        return {"track_id": lambda v: bool(_SPOTIFY_ID.match(v)) or "track_id is not a 22-character Spotify id",
+                **{c: (lambda v, c=c: is_num(v) or f"{c} is not a number") for c in LYRIC_FEATURE_COLUMNS}}
+    return {}
+
+
+def read_spd_csv(path: str | Path, kind: str) -> TableRead:
+    """Read one SPD CSV (``kind``: tracks, artists, albums or lyrics_features) record by record.
+
+    Returns the valid records as strings-typed-then-converted DataFrame and every unusable record in
+    ``rejects`` (file, 1-based line where the record ends, reason). Never raises on content.
+    """
+    path = Path(path)
+    checks = _validators(kind)
+    good: list[list[str]] = []
+    rejects: list[dict] = []
+    with path.open("r", encoding="utf-8-sig", newline="", errors="replace") as fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return TableRead(pd.DataFrame())
+        width = len(header)
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                rejects.append({"file": path.name, "line": reader.line_num, "reason": f"csv error: {exc}"})
+                continue
+            if not record or all(not f.strip() for f in record):
+                continue
+            if len(record) != width:
+                rejects.append({"file": path.name, "line": reader.line_num,
+                                "reason": f"record has {len(record)} fields, header has {width}"})
+                continue
+            values = dict(zip(header, record))
+            reason = next((r for col, ok in checks.items() if col in values
+                           for r in [ok(values[col])] if r is not True), None)
+            if reason:
+                rejects.append({"file": path.name, "line": reader.line_num, "reason": reason})
+                continue
+            good.append(record)
+    df = pd.DataFrame(good, columns=header)
+    if "" in df.columns:
+        df = df.drop(columns=[""])
+    df = df.apply(_convert_column)
+    return TableRead(df, pd.DataFrame(rejects, columns=["file", "line", "reason"]))
+
+
+def _convert_column(col: pd.Series) -> pd.Series:
+    """Numeric where every non-empty value is numeric, text otherwise (ids like ``1e10...`` stay text)."""
+    if col.name in {"id", "track_id", "album_id", "artist_id", "name", "track_name_prev", "lyrics", "uri"}:
+        return col
+    converted = pd.to_numeric(col.replace("", np.nan), errors="coerce")
+    if converted.notna().sum() == (col != "").sum():
+        return converted
+    return col
+
+
+@dataclass
+class SPDCatalogue:
+    """The three Spotify tables of an SPD directory (and its lyric features, when present)."""
+
+    tracks: pd.DataFrame
+    artists: pd.DataFrame
+    albums: pd.DataFrame
+    lyrics_features: pd.DataFrame | None
+    rejects: pd.DataFrame
+
+
+def find_table(root: Path, name: str) -> Path | None:
+    for candidate in (root / DATA_SOURCES / name, root / FEATURES_EXTRACTED / name, root / name):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_spd(root: str | Path) -> SPDCatalogue:
+    """Load an SPD directory: ``Data Sources/`` (or the files directly in ``root``) and optional lyric features."""
+    root = Path(root)
+    reads = {}
+    for kind, fname in [("tracks", "spotify_tracks.csv"), ("artists", "spotify_artists.csv"),
+                        ("albums", "spotify_albums.csv"), ("lyrics_features", "lyrics_features.csv")]:
+        p = find_table(root, fname)
+        if p is None:
+            if kind == "lyrics_features":
+                reads[kind] = None
+                continue
+            raise FileNotFoundError(f"{fname} not found under {root} (looked in '{DATA_SOURCES}/' and {root})")
+        reads[kind] = read_spd_csv(p, kind)
+    rejects = pd.concat([r.rejects for r in reads.values() if r is not None], ignore_index=True)
+    return SPDCatalogue(
+        tracks=reads["tracks"].rows,
+        artists=reads["artists"].rows,
+        albums=reads["albums"].rows,
+        lyrics_features=reads["lyrics_features"].rows if reads["lyrics_features"] is not None else None,
+        rejects=rejects,
+    )
+
+
+def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
+    """Per track: first artist's popularity and followers, number of markets, release year; index track_id.
+
+    Missing joins stay NaN: the model's preprocessing imputes them with training medians.
+    """
+    t = cat.tracks
+    out = pd.DataFrame({"track_id": t["id"].astype(str)})
+    out["artist_id"] = t["artists_id"].map(lambda v: (parse_list_literal(v) or [None])[0])
+    out["n_available_markets"] = t["available_markets"].map(lambda v: float(len(parse_list_literal(v))))
+    artists = cat.artists.drop_duplicates("id").set_index("id") if len(cat.artists) else pd.DataFrame()
+    if len(artists):
+        out["artist_popularity"] = out["artist_id"].map(artists["artist_popularity"]).astype(float)
+        out["artist_followers_log"] = np.log1p(out["artist_id"].map(artists["followers"]).astype(float))
+    else:
+        out["artist_popularity"] = np.nan
+        out["artist_followers_log"] = np.nan
+    albums = cat.albums.drop_duplicates("id").set_index("id") if len(cat.albums) else pd.DataFrame()
+    if len(albums):
+        out["release_year"] = t["album_id"].map(albums["release_date"]).map(parse_release_year).astype(float)
+    else:
+        out["release_year"] = np.nan
+    if "popularity" in t:
+        out["popularity"] = t["popularity"].astype(float)
+    return out.drop_duplicates("track_id").reset_index(drop=True)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A feature-extraction manifest: columns ``track_id``, ``audio_uri`` and optional ``lyrics``.
+
+    Accepts Parquet or CSV, or an SPD directory (audio from ``Audio/<track_id>.*`` when present, otherwise
+    each track's ``preview_url``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        cat = load_spd(path)
+        audio_dir = path / "Audio"
+        local = {p.stem: str(p.resolve()) for p in audio_dir.glob("*")} if audio_dir.is_dir() else {}
+        df = pd.DataFrame({
+            "track_id": cat.tracks["id"].astype(str),
+            "audio_uri": [local.get(i, u if isinstance(u, str) else "")
+                          for i, u in zip(cat.tracks["id"], cat.tracks["preview_url"])],
+            "lyrics": cat.tracks["lyrics"].fillna("").astype(str),
+        })
+        return df.drop_duplicates("track_id").reset_index(drop=True)
+    if path.suffix == ".parquet" or path.is_dir():
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"track_id", "audio_uri"} - set(df.columns)
+    if missing:
+        raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs track_id and audio_uri")
+    if "lyrics" not in df:
+        df["lyrics"] = ""
+    df["lyrics"] = df["lyrics"].fillna("").astype(str)
+    return df[["track_id", "audio_uri", "lyrics"]].reset_index(drop=True)
+
+
+def build_model_table(features: pd.DataFrame, cat: SPDCatalogue) -> pd.DataFrame:
+    """Join extracted features (one row per track_id) with metadata and the popularity target.
+
+    Every feature row is kept, failed extractions included (their ``error`` says why), so scoring the table
+    keeps rows in = rows out; :func:`training_rows` picks what a model may learn from.
+    """
+    meta = track_metadata(cat)
+    table = features.drop_duplicates("track_id").merge(meta, on="track_id", how="left")
+    if "error" not in table:
+        table["error"] = None
+    return table.reset_index(drop=True)
+
+
+def training_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows with features (no extraction error) and a known popularity."""
+    ok = table["error"].isna() | (table["error"] == "") if "error" in table else True
+    return table[ok & table["popularity"].notna()].reset_index(drop=True)
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    """The model's input columns of a model table: everything but ids, target and bookkeeping."""
+    skip = {"track_id", "artist_id", "popularity", "error"}
+    return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]

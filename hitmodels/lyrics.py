@@ -1,0 +1,120 @@
+"""The six stylometric lyric features of HitMusicNet (section IV-A), multilingual, offline.
+
+Sentences are lyric lines (lyrics rarely carry punctuation), further split at ``.``, ``!`` and ``?``.
+Language is detected with ``langdetect`` (its profiles ship in the package); stop words come from
+``stopwordsiso`` and syllables from ``pyphen``'s hyphenation dictionaries, both shipped with their packages,
+so nothing is downloaded at run time. Where a language has no hyphenation dictionary, syllables are counted
+as vowel groups.
+
+Convention for tracks without usable lyrics (empty, or no word at all): every feature is ``-1``, as in SPD.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import numpy as np
+
+MISSING = -1.0
+FEATURE_NAMES = ("n_sentences", "mean_words_sentence", "n_words", "mean_syllables_word",
+                 "sentence_similarity", "vocabulary_wealth")
+
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*", re.UNICODE)
+_SENTENCE_SPLIT = re.compile(r"[\r\n]+|(?<=[.!?])\s+")
+_VOWELS = re.compile(r"[aeiouyáéíóúàèìòùâêîôûäëïöüãõåæøœ]+", re.IGNORECASE)
+
+
+def sentences(text: str) -> list[str]:
+    """Non-empty sentences (lines, then ``.!?`` boundaries) that contain at least one word."""
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text or "") if _WORD.search(s)]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (letters, inner apostrophes kept: ``don't``)."""
+    return [w.lower() for w in _WORD.findall(text or "")]
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code of the text's language, ``en`` when undecidable. Deterministic (seeded)."""
+    from langdetect import DetectorFactory, LangDetectException, detect
+
+    DetectorFactory.seed = 0
+    try:
+        return detect(text[:2000]).split("-")[0]
+    except LangDetectException:
+        return "en"
+
+
+@lru_cache(maxsize=64)
+def _stopwords(lang: str) -> frozenset[str]:
+    import stopwordsiso
+
+    return frozenset(stopwordsiso.stopwords(lang)) if stopwordsiso.has_lang(lang) else frozenset()
+
+
+@lru_cache(maxsize=64)
+def _hyphenator(lang: str):
+    import pyphen
+
+    match = pyphen.language_fallback(lang)
+    return pyphen.Pyphen(lang=match) if match else None
+
+
+def syllables(word: str, lang: str = "en") -> int:
+    """Syllables of one word: hyphenation points + 1 where pyphen knows the language, else vowel groups."""
+    dic = _hyphenator(lang)
+    if dic is not None:
+        return len(dic.positions(word)) + 1
+    return max(1, len(_VOWELS.findall(word)))
+
+
+def sentence_similarity(sents: list[str], threshold: float = 0.75) -> float:
+    """Share of upper-triangle sentence pairs whose Tf-Idf cosine similarity is at least ``threshold``."""
+    if len(sents) < 2:
+        return 0.0
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    try:
+        tfidf = TfidfVectorizer(token_pattern=_WORD.pattern, lowercase=True).fit_transform(sents)
+    except ValueError:  # no token survived
+        return 0.0
+    sim = cosine_similarity(tfidf)
+    iu = np.triu_indices(len(sents), k=1)
+    return float(np.mean(sim[iu] >= threshold - 1e-12))
+
+
+def vocabulary_wealth(tokens: list[str], lang: str = "en", coverage: float = 0.85) -> float:
+    """Distinct non-stop words needed to reach ``coverage`` of the cumulative frequency, over the number of
+    non-stop words."""
+    stop = _stopwords(lang)
+    content = [w for w in tokens if w not in stop]
+    if not content:
+        return 0.0
+    _, counts = np.unique(content, return_counts=True)
+    counts = np.sort(counts)[::-1]
+    needed = int(np.searchsorted(np.cumsum(counts), coverage * len(content) - 1e-9) + 1)
+    return needed / len(content)
+
+
+def lyric_features(text: str | None, lang: str | None = None) -> dict[str, float]:
+    """The six features of one lyric text; all ``-1`` when it has no usable words.
+
+    Returns ``{"n_sentences", "mean_words_sentence", "n_words", "mean_syllables_word",
+    "sentence_similarity", "vocabulary_wealth"}`` as floats.
+    """
+    sents = sentences(text or "")
+    tokens = words(text or "")
+    if not sents or not tokens:
+        return {k: MISSING for k in FEATURE_NAMES}
+    lang = lang or detect_language(text or "")
+    per_sentence = [len(words(s)) for s in sents]
+    return {
+        "n_sentences": float(len(sents)),
+        "mean_words_sentence": float(np.mean(per_sentence)),
+        "n_words": float(len(tokens)),
+        "mean_syllables_word": float(np.mean([syllables(w, lang) for w in tokens])),
+        "sentence_similarity": sentence_similarity(sents),
+        "vocabulary_wealth": vocabulary_wealth(tokens, lang),
+    }

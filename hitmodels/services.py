@@ -1,0 +1,146 @@
+"""Starting, finding and stopping the long-running parts: the local Ray instance and the MLflow server.
+
+``hitmusic up`` starts both as background processes (pid files and logs under ``$HITMUSIC_HOME/run``),
+``hitmusic down`` stops them. Tests use the same functions with free ports and temporary directories.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .config import ServiceConfig
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise with the reason if it never does or ``proc`` dies."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception as exc:  # connection refused while starting
+            last = exc
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s (last error: {last})")
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the venv's ``mlflow``/``ray``), falling back to PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def mlflow_server_command(backend_db: Path, artifacts_dir: Path, host: str, port: int, workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line: SQLite backend store, artifacts proxied over HTTP so that clients
+    never touch the store's files. ``mlflow/server.sh`` runs the same command."""
+    return [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{backend_db}",
+            "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port),
+            "--workers", str(workers)]
+
+
+def start_mlflow(home: Path, host: str, port: int, log_path: Path | None = None) -> subprocess.Popen:
+    """Start ``mlflow server`` in the background and wait until ``/health`` answers."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "artifacts").mkdir(exist_ok=True)
+    log = open(log_path or home / "server.log", "ab")
+    proc = subprocess.Popen(mlflow_server_command(home / "mlflow.db", home / "artifacts", host, port),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://{host}:{port}/health", timeout_s=120, proc=proc)
+    except Exception:
+        stop_process(proc.pid)
+        raise
+    return proc
+
+
+def stop_process(pid: int, timeout_s: float = 15.0) -> None:
+    """SIGTERM the process group of ``pid``, SIGKILL it if it lingers."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:
+    """``ray start --head`` on loopback, with the dashboard (needed by ``ray job submit``)."""
+    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", cfg.host, "--dashboard-host", cfg.host,
+           "--dashboard-port", str(cfg.ray_dashboard_port), "--disable-usage-stats"]
+    if num_cpus:
+        cmd += ["--num-cpus", str(num_cpus)]
+    subprocess.run(cmd, check=True)
+
+
+def stop_ray() -> None:
+    subprocess.run([_bin("ray"), "stop", "--force"], check=False)
+
+
+def up(cfg: ServiceConfig) -> dict[str, str]:
+    """Start Ray and the MLflow server unless they already run; returns their addresses."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = cfg.run_dir / "mlflow.pid"
+    if not _alive(pid_file):
+        proc = start_mlflow(cfg.mlflow_dir, cfg.host, cfg.mlflow_port, cfg.run_dir / "mlflow.log")
+        pid_file.write_text(str(proc.pid))
+    if subprocess.run([_bin("ray"), "status"], capture_output=True).returncode != 0:
+        start_ray_head(cfg)
+    return {"mlflow": f"http://{cfg.host}:{cfg.mlflow_port}",
+            "ray_dashboard": f"http://{cfg.host}:{cfg.ray_dashboard_port}",
+            "serve": cfg.serve_url}
+
+
+def down(cfg: ServiceConfig) -> None:
+    """Stop Serve, Ray and the MLflow server started by :func:`up`."""
+    stop_ray()
+    pid_file = cfg.run_dir / "mlflow.pid"
+    if pid_file.exists():
+        stop_process(int(pid_file.read_text()))
+        pid_file.unlink()
+
+
+def _alive(pid_file: Path) -> bool:
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (ProcessLookupError, ValueError):
+        return False
+
+
+def init_ray(**kwargs) -> None:
+    """Connect to the running Ray instance (``RAY_ADDRESS``, ``ray start`` or a ``ray job submit`` driver),
+    or start a local one; idempotent."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)

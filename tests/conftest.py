@@ -1,0 +1,66 @@
+"""Session-wide real services: one local Ray instance, one ``mlflow server`` (SQLite backend), Serve's proxy.
+
+All bind to 127.0.0.1 on free ports and are stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hitmodels.config import SynthConfig
+from hitmodels.services import free_port, start_mlflow, stop_process
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HITMUSIC_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"../shared is absent ({SHARED}): real SPD rows and previews are only in the team checkout")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory) -> str:
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc = start_mlflow(home, "127.0.0.1", port)
+    uri = f"http://127.0.0.1:{port}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    stop_process(proc.pid)
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+
+
+@pytest.fixture(scope="session")
+def ray_local(mlflow_uri):
+    """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}})
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue(tmp_path_factory) -> dict[str, Path]:
+    """40 tracks of 3-second previews, 10 artists; generated once per session."""
+    from hitmodels.synth import generate
+
+    root = tmp_path_factory.mktemp("catalogue")
+    paths = generate(root, SynthConfig(n_tracks=48, tracks_per_artist=4, duration_s=3.0, sr=22050, seed=3))
+    return {"root": root, **paths}
