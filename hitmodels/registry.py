@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from .config import tracking_uri
+
 CHAMPION = "champion"
 PREVIOUS = "previous"
 
@@ -21,8 +23,8 @@ class ModelRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def client(tracking_uri: str | None = None) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+def client(uri: str | None = None) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=tracking_uri(uri))
 
 
 def resolve(name: str, version_or_alias: str = CHAMPION, tracking_uri: str | None = None) -> ModelRef:

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from .config import FEATURE_SCHEMA_VERSION, TrainConfig
+from .config import tracking_uri as resolve_tracking_uri
 from .data import feature_columns, training_rows
 from .evaluate import class_metrics, regression_metrics
 from .models import HitMusicNet, initialise
@@ -145,8 +146,7 @@ PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd._
 def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: str | None = None,
           initialiser: str = "glorot_uniform") -> TrainResult:
     """Train on a model table, log the run and register the model as a new version of ``cfg.model_name``."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     table = training_rows(table)
     columns = feature_columns(table)
     if len(table) < 20:

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.registry import CHAMPION, ModelRef, resolve
 from hitmodels.services import init_ray
 from hitmodels.cli import module_main
@@ -32,8 +33,7 @@ OUTPUT_SCHEMA = pa.schema([("track_id", pa.string()), ("popularity", pa.float64(
 def load_model(ref: ModelRef, tracking_uri: str | None):
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     return mlflow.pyfunc.load_model(ref.uri)
 
 
@@ -79,16 +79,14 @@ def read_table_schema(path: Path) -> list[str]:
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
         tracking_uri: str | None = None, batch_size: int = 4096) -> ModelRef:
     """Score every row of ``table`` into ``out_dir``; returns the model version used."""
-    import mlflow
     import ray
 
     init_ray()
     table, out_dir = Path(table), Path(out_dir)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     ref = resolve(model_name, version, tracking_uri)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     # Fail before any work if the table cannot feed the model at all (a schema problem, not a bad row).
-    columns = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().columns
+    columns = load_model(ref, tracking_uri).unwrap_python_model().columns
     missing = sorted(set(columns) - set(read_table_schema(table)))
     if missing:
         raise ValueError(f"{table} lacks feature column(s) {missing[:10]} needed by {ref.uri}")

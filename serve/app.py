@@ -17,7 +17,6 @@ Endpoints (OpenAPI docs at ``/docs``):
 # No `from __future__ import annotations` here: FastAPI must see the real request model class to read the
 # body, and Serve's ingress wrapper does not resolve string annotations.
 import math
-import os
 from typing import Any
 
 import pandas as pd
@@ -72,11 +71,11 @@ class HitMusicService:
     def __init__(self, model_name: str = "hitmusicnet", alias: str = "champion", tracking_uri: str | None = None):
         import mlflow
 
+        from hitmodels.config import tracking_uri as resolve_tracking_uri
         from hitmodels.registry import resolve
 
-        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if self.tracking_uri:
-            mlflow.set_tracking_uri(self.tracking_uri)
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        mlflow.set_tracking_uri(self.tracking_uri)
         self.alias = alias
         self.ref = resolve(model_name, alias, self.tracking_uri)
         self.model = mlflow.pyfunc.load_model(self.ref.uri)
