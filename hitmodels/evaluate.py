@@ -14,7 +14,7 @@ from .predict import popularity_class
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """``mae``, ``mse`` (both on /100), ``r2`` and ``spearman`` of predicted vs. true popularity (0-100)."""
     t, p = np.asarray(y_true, float) / 100.0, np.asarray(y_pred, float) / 100.0
-    rho = stats.spearmanr(t, p).statistic if len(t) > 1 and np.std(p) > 0 else 0.0
+    rho = stats.spearmanr(t, p).statistic if len(t) > 1 and np.ptp(p) > 0 and np.ptp(t) > 0 else 0.0
     return {"mae": float(np.mean(np.abs(t - p))), "mse": float(np.mean((t - p) ** 2)),
             "r2": float(skm.r2_score(t, p)) if len(t) > 1 else 0.0, "spearman": float(np.nan_to_num(rho))}
 

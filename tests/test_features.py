@@ -18,7 +18,8 @@ def test_real_preview_decodes_at_native_rate(shared_dir, name):
     y, sr = audio.load(str(shared_dir / "data/audio" / name))
     assert sr == 44100
     assert 29.0 < len(y) / sr < 31.5
-    assert y.dtype == np.float32 and np.isfinite(y).all() and np.abs(y).max() <= 1.0
+    # MP3 decoders overshoot full scale slightly on loud masters, hence 2 rather than 1
+    assert y.dtype == np.float32 and np.isfinite(y).all() and 0.05 < np.abs(y).max() < 2.0
 
 
 def test_features_match_librosa_reference_on_real_audio(shared_dir):
@@ -59,13 +60,18 @@ def _write(path, y, sr=22050):
     return str(path)
 
 
+def _bytes(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
 @pytest.mark.parametrize("case, reason", [("missing", "missing"), ("empty", "empty"), ("garbage", "undecodable"),
                                           ("short", "too_short"), ("silent", "silent")])
 def test_bad_audio_gives_reason_and_null_features(tmp_path, case, reason):
     uri = {
         "missing": lambda: str(tmp_path / "nope.wav"),
-        "empty": lambda: (tmp_path / "e.wav").write_bytes(b"") or str(tmp_path / "e.wav"),
-        "garbage": lambda: (tmp_path / "g.mp3").write_bytes(b"not audio at all" * 100) or str(tmp_path / "g.mp3"),
+        "empty": lambda: _bytes(tmp_path / "e.wav", b""),
+        "garbage": lambda: _bytes(tmp_path / "g.mp3", b"not audio at all" * 100),
         "short": lambda: _write(tmp_path / "s.wav", np.random.default_rng(0).standard_normal(2000) * 0.1),
         "silent": lambda: _write(tmp_path / "z.wav", np.zeros(22050 * 2)),
     }[case]()
