@@ -92,12 +92,6 @@ class ServiceConfig:
         return os.environ.get("MLFLOW_TRACKING_URI", f"http://{self.host}:{self.mlflow_port}")
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """The MLflow server to talk to: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the local server that
-    ``hitmusic up`` starts. Never MLflow's own default (a ./mlruns folder), which a Ray worker or a
-    ``ray job submit`` driver would silently create somewhere else."""
-    return explicit or ServiceConfig().tracking_uri
-
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
@@ -110,3 +104,10 @@ def tracking_uri(explicit: str | None = None) -> str:
     @property
     def serve_url(self) -> str:
         return f"http://{self.host}:{self.serve_port}"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The MLflow server to talk to: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the local server that
+    ``hitmusic up`` starts. Never MLflow's own default (a ./mlruns folder), which a Ray worker or a
+    ``ray job submit`` driver would silently create somewhere else."""
+    return explicit or ServiceConfig().tracking_uri
