@@ -97,7 +97,9 @@ def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:
            "--dashboard-port", str(cfg.ray_dashboard_port), "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
-    subprocess.run(cmd, check=True)
+    # `ray job submit -- python -m pipelines.x` runs `python` from the head's PATH: make it this environment's.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    subprocess.run(cmd, check=True, env=env)
 
 
 def stop_ray() -> None:
