@@ -45,7 +45,8 @@ def ray_local(mlflow_uri):
     """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # address="local": always a fresh instance of our own, even if a `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}})
     yield ray
     try:
