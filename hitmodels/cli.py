@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import ServiceConfig, SynthConfig
+from .config import ServeSettings, ServiceConfig, SynthConfig
 
 
 def module_main(doc: str, prog: str, add_arguments: Callable, main_from_args: Callable,
@@ -126,7 +126,8 @@ def cmd_demo(args) -> int:
          f"(predicting the mean: {result.metrics['test_mae_predict_mean']:.4f})")
     promote(result.model_name, result.version)
     step(f"promoted version {result.version} to champion; deploying Ray Serve")
-    url = deploy(result.model_name, "champion", svc.tracking_uri, svc.host, svc.serve_port)
+    url = deploy(ServeSettings(model_name=result.model_name, tracking_uri=svc.tracking_uri), svc.host,
+                 svc.serve_port)
     step("scoring the whole catalogue with a Ray job")
     score.run(table_path, home / "scores", result.model_name, "champion", svc.tracking_uri)
     scores = score.read_scores(home / "scores")

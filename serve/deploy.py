@@ -1,43 +1,53 @@
 """Deploy the Serve application on the running Ray instance (what ``hitmusic serve`` does).
 
     python -m serve.deploy --model hitmusicnet --alias champion --port 8000
+
+Equivalent to ``serve deploy serve/config.yaml`` with the same arguments; the config file is the place for
+replicas and autoscaling on a cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
-from hitmodels.services import init_ray
 from hitmodels.cli import module_main
+from hitmodels.config import ServeSettings
+from hitmodels.services import init_ray
 
 APP_NAME = "hitmusic"
 
 
-def deploy(model_name: str = "hitmusicnet", alias: str = "champion", tracking_uri: str | None = None,
-           host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Start Serve's HTTP proxy on ``host:port`` (if not up) and (re)deploy the app; returns its URL."""
+def deploy(settings: ServeSettings = ServeSettings(), host: str = "127.0.0.1", port: int = 8000,
+           app_name: str = APP_NAME, route_prefix: str = "/") -> str:
+    """Start Serve's HTTP proxy on ``host:port`` (if it is not up yet) and (re)deploy the app; returns the
+    app's base URL. An already running proxy keeps its own address, which is what the URL reports."""
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import HitMusicService
 
     init_ray()
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app({"model_name": model_name, "alias": alias, "tracking_uri": tracking_uri}),
-              name=APP_NAME, route_prefix="/")
-    return f"http://{host}:{port}"
+    serve.run(HitMusicService.bind(asdict(settings)), name=app_name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="hitmusicnet", help="registered model name (default hitmusicnet)")
-    p.add_argument("--alias", default="champion", help="alias or version to serve (default champion)")
+    d = ServeSettings()
+    p.add_argument("--model", default=d.model_name, help=f"registered model name (default {d.model_name})")
+    p.add_argument("--alias", default=d.alias, help=f"alias or version to serve (default {d.alias})")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--poll-interval", type=float, default=d.poll_interval_s,
+                   help=f"seconds between registry polls for a moved alias (default {d.poll_interval_s})")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    url = deploy(args.model, args.alias, args.tracking_uri, args.host, args.port)
+    settings = ServeSettings(model_name=args.model, alias=args.alias, tracking_uri=args.tracking_uri,
+                             poll_interval_s=args.poll_interval)
+    url = deploy(settings, args.host, args.port)
     print(f"serving {args.model}@{args.alias} at {url} (docs: {url}/docs)")
     return 0
 

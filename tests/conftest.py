@@ -41,13 +41,38 @@ def mlflow_uri(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local(mlflow_uri):
-    """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI."""
+def s3_endpoint() -> str:
+    """A real S3-compatible server (moto's) on loopback, for the whole session. Its endpoint and dummy
+    credentials go into the environment before Ray starts, so Ray workers see them too."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(mlflow_uri, s3_endpoint):
+    """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI and the S3 endpoint."""
     import ray
 
     # address="local": always a fresh instance of our own, even if a `ray start` cluster runs on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri}})
+             runtime_env={"env_vars": {k: os.environ[k] for k in (
+                 "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_DEFAULT_REGION")}})
     yield ray
     try:
         from ray import serve
@@ -55,6 +80,16 @@ def ray_local(mlflow_uri):
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_local) -> int:
+    """Serve's HTTP proxy on a free loopback port; tests deploy their apps under their own route prefixes."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
 
 
 @pytest.fixture(scope="session")

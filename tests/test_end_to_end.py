@@ -9,16 +9,15 @@ import httpx
 import pandas as pd
 import pytest
 
-from hitmodels.config import TrainConfig
+from hitmodels.config import ServeSettings, TrainConfig
 from hitmodels.data import feature_columns, training_rows
 from hitmodels.registry import CHAMPION, resolve
-from hitmodels.services import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, tiny_catalogue, ray_local, mlflow_uri):
+def pipeline(tmp_path_factory, tiny_catalogue, ray_local, mlflow_uri, serve_port):
     from hitmodels.registry import promote
     from hitmodels.train import train
     from pipelines import build, extract, score
@@ -36,8 +35,8 @@ def pipeline(tmp_path_factory, tiny_catalogue, ray_local, mlflow_uri):
                       experiment="e2e-hitmusicnet")
     result = train(pd.read_parquet(table_path), cfg, mlflow_uri)
     promote(result.model_name, result.version)
-    port = free_port()
-    url = deploy(result.model_name, CHAMPION, mlflow_uri, "127.0.0.1", port)
+    url = deploy(ServeSettings(model_name=result.model_name, tracking_uri=mlflow_uri), port=serve_port,
+                 app_name="e2e", route_prefix="/e2e")
     score.run(table_path, work / "scores", result.model_name, CHAMPION, mlflow_uri)
     return {"counts": counts, "table": pd.read_parquet(table_path), "result": result, "url": url,
             "scores": score.read_scores(work / "scores"), "manifest": work / "manifest.parquet"}
@@ -76,7 +75,8 @@ def test_model_is_registered_with_run_and_champion(pipeline, mlflow_uri):
 def test_serve_health_and_prediction_match_batch_scores(pipeline):
     url, r = pipeline["url"], pipeline["result"]
     health = httpx.get(f"{url}/", timeout=30).json()
-    assert health == {"status": "ok", "model_name": r.model_name, "model_version": r.version}
+    assert health["status"] == "ok" and health["registry_ok"] is True
+    assert (health["model_name"], health["model_version"]) == (r.model_name, r.version)
     table = training_rows(pipeline["table"])
     cols = feature_columns(table)
     rows = [{"track_id": t, **{c: float(table.iloc[i][c]) for c in cols}}

@@ -1,0 +1,102 @@
+"""Batch scoring: bad rows kept with reasons, S3 in and out, audio manifests, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hitmodels.config import TrainConfig
+from hitmodels.registry import ModelRef
+from pipelines.score import output_schema, score_frame
+from tables import random_table
+
+MODEL = "score-test"
+
+
+class FussyModel:
+    """Stands in for a pyfunc model in unit tests: refuses negative inputs, like a real validation error."""
+
+    def predict(self, df):
+        if (df["x"] < 0).any():
+            raise ValueError("negative x")
+        return pd.DataFrame({"popularity": df["x"] * 10.0, "class": ["low"] * len(df),
+                             "popularity_lower": df["x"] * 10.0 - 5})
+
+
+def test_score_frame_keeps_every_row_with_a_reason():
+    batch = pd.DataFrame({"track_id": ["a", "b", "c", "d"], "x": [1.0, -1.0, 3.0, np.nan],
+                          "error": [None, None, None, "missing: file not found"]})
+    schema = output_schema(["popularity", "class", "popularity_lower"])
+    out = score_frame(FussyModel(), ModelRef("m", "7"), batch, schema).to_pandas()
+    assert out["track_id"].tolist() == ["a", "b", "c", "d"]
+    assert out["popularity"].tolist()[0] == 10.0 and out["popularity"].tolist()[2] == 30.0
+    assert out["popularity_lower"].tolist()[2] == 25.0
+    assert np.isnan(out["popularity"][1]) and "negative x" in out["error"][1]
+    assert np.isnan(out["popularity"][3]) and out["error"][3] == "features: missing: file not found"
+    assert (out["model_version"] == "7").all() and out["error"][[0, 2]].isna().all()
+
+
+@pytest.fixture(scope="module")
+def model(mlflow_uri, ray_local):
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+
+    cfg = TrainConfig(ae_epochs=5, mlp_epochs=5, model_name=MODEL, experiment=MODEL)
+    result = train(random_table(4), cfg, mlflow_uri)
+    promote(MODEL, result.version, tracking_uri=mlflow_uri)
+    return result
+
+
+@pytest.mark.integration
+def test_score_from_s3_to_s3_and_resume(model, s3_endpoint, tmp_path):
+    import boto3
+
+    from pipelines import score
+
+    boto3.client("s3").create_bucket(Bucket="catalogue")
+    table = random_table(5, n=300)
+    table.loc[3, "error"] = "undecodable: bad mp3"
+    local = tmp_path / "table.parquet"
+    table.to_parquet(local)
+    boto3.client("s3").upload_file(str(local), "catalogue", "in/table.parquet")
+    ref = score.run("s3://catalogue/in/table.parquet", "s3://catalogue/scores", MODEL, batch_size=64)
+    assert ref.version == model.version
+    out = score.read_scores("s3://catalogue/scores")
+    assert sorted(out["track_id"]) == sorted(table["track_id"])
+    assert out.set_index("track_id").loc["t5_3", "error"] == "features: undecodable: bad mp3"
+    assert out["popularity"].drop(index=out.index[out["track_id"] == "t5_3"]).between(0, 100).all()
+
+    # resume: a second run into the same output scores nothing new; new rows only get scored once
+    more = pd.concat([table, random_table(6, n=20)])
+    more.to_parquet(local)
+    boto3.client("s3").upload_file(str(local), "catalogue", "in/table.parquet")
+    score.run("s3://catalogue/in/table.parquet", "s3://catalogue/scores", MODEL)
+    out2 = score.read_scores("s3://catalogue/scores")
+    assert len(out2) == 320 and out2["track_id"].is_unique
+
+
+@pytest.mark.integration
+def test_score_csv_with_missing_columns_fails_before_work(model, tmp_path):
+    from pipelines import score
+
+    csv = tmp_path / "t.csv"
+    random_table(7, n=5)[["track_id", "MEL_1"]].to_csv(csv, index=False)
+    with pytest.raises(ValueError, match="lacks feature column"):
+        score.run(csv, tmp_path / "out", MODEL)
+
+
+@pytest.mark.integration
+def test_score_audio_manifest_extracts_first(model, tiny_catalogue, tmp_path):
+    from pipelines import score
+
+    manifest = pd.read_parquet(tiny_catalogue["manifest"]).head(6)
+    manifest.loc[len(manifest)] = ["0000000000000000000bad", str(tmp_path / "gone.wav"), ""]
+    manifest["artist_popularity"] = 50.0
+    path = tmp_path / "manifest.csv"
+    manifest.to_csv(path, index=False)
+    score.run(path, tmp_path / "scores", MODEL)
+    out = score.read_scores(tmp_path / "scores").set_index("track_id")
+    assert len(out) == 7
+    assert out.loc["0000000000000000000bad", "error"].startswith("features: missing")
+    assert out.drop(index="0000000000000000000bad")["popularity"].between(0, 100).all()

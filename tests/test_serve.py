@@ -1,0 +1,176 @@
+"""Real HTTP against a running Serve app: endpoints, validation, audio upload, hot swap, registry outage.
+
+The module has an MLflow server of its own, because one test stops it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from hitmodels.config import ServeSettings, TrainConfig
+from hitmodels.services import free_port, start_mlflow, stop_process
+from tables import random_table
+
+pytestmark = pytest.mark.integration
+MODEL = "serve-test"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    port = free_port()
+    proc = start_mlflow(tmp_path_factory.mktemp("serve-mlflow"), "127.0.0.1", port)
+    yield {"uri": f"http://127.0.0.1:{port}", "proc": proc}
+    stop_process(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def app(registry, serve_port):
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+    from serve.deploy import deploy
+
+    cfg = TrainConfig(ae_epochs=5, mlp_epochs=5, model_name=MODEL, experiment=MODEL)
+    versions = [train(random_table(s), cfg, registry["uri"]).version for s in (1, 2)]
+    promote(MODEL, versions[0], tracking_uri=registry["uri"])
+    settings = ServeSettings(model_name=MODEL, tracking_uri=registry["uri"], poll_interval_s=1.0, max_rows=8,
+                             max_upload_mb=1.0)
+    url = deploy(settings, port=serve_port, app_name="serve-test", route_prefix="/serve-test")
+    return {"url": url, "versions": versions, **registry}
+
+
+def good_row(url: str) -> dict:
+    cols = httpx.get(f"{url}/features", timeout=30).json()["columns"]
+    row = random_table(9, 1)
+    return {"track_id": "x1", **{c: float(row.iloc[0][c]) for c in cols}}
+
+
+def test_health_model_features_and_docs(app):
+    url = app["url"]
+    h = httpx.get(f"{url}/healthz", timeout=30).json()
+    assert h["status"] == "ok" and h["registry_ok"] and h["model_version"] == app["versions"][0]
+    m = httpx.get(f"{url}/model", timeout=30).json()
+    assert m["alias"] == "champion" and "test_mae" in m["test_metrics"] and m["run_id"]
+    assert httpx.get(f"{url}/docs", timeout=30).status_code == 200
+    paths = httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+    assert {"/predict", "/predict/audio", "/healthz", "/model"} <= set(paths)
+
+
+def test_predict_returns_popularity_class_and_version(app):
+    url = app["url"]
+    resp = httpx.post(f"{url}/predict", json={"rows": [good_row(url)] * 3}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model_name"] == MODEL and body["model_version"] == app["versions"][0]
+    assert len(body["predictions"]) == 3
+    for p in body["predictions"]:
+        assert p["track_id"] == "x1" and 0 <= p["popularity"] <= 100 and p["class"] in {"low", "medium", "high"}
+
+
+@pytest.mark.parametrize("mutate, loc_field, msg", [
+    (lambda r: r.update(bogus=1.0), "bogus", "unknown field"),
+    (lambda r: r.pop("MEL_3"), "MEL_3", "field required"),
+    (lambda r: r.update(MFCC_2="high"), "MFCC_2", "must be a number"),
+    (lambda r: r.update(ZCR=2.0), "ZCR", "out of range"),
+    (lambda r: r.update(MEL_1=None), "MEL_1", "must be a number"),
+])
+def test_predict_422_names_row_and_field(app, mutate, loc_field, msg):
+    url = app["url"]
+    good = good_row(url)
+    bad = dict(good)
+    mutate(bad)
+    resp = httpx.post(f"{url}/predict", json={"rows": [good, bad]}, timeout=30)
+    assert resp.status_code == 422
+    detail = resp.json()["detail"]
+    assert any(d["loc"] == ["body", "rows", 1, loc_field] and msg in d["msg"] for d in detail), detail
+
+
+def test_predict_rejects_nan_and_too_many_rows(app):
+    url = app["url"]
+    good = good_row(url)
+    nan = httpx.post(f"{url}/predict", content='{"rows": [' + httpx.Request("POST", "/", json=good).content.decode()
+                     .replace('"MEL_2": ' + repr(good["MEL_2"]), '"MEL_2": NaN') + "]}",
+                     headers={"content-type": "application/json"}, timeout=30)
+    assert nan.status_code == 422 and any(d["loc"][-1] == "MEL_2" for d in nan.json()["detail"])
+    many = httpx.post(f"{url}/predict", json={"rows": [good] * 9}, timeout=30)
+    assert many.status_code == 422 and "at most 8" in many.text
+    assert httpx.post(f"{url}/predict", json={"nope": []}, timeout=30).status_code == 422
+
+
+@pytest.mark.parametrize("name", ["edm.mp3", "soul.mp3"])
+def test_audio_upload_of_real_previews(app, shared_dir, name):
+    url = app["url"]
+    data = (shared_dir / "data/audio" / name).read_bytes()
+    resp = httpx.post(f"{url}/predict/audio", files={"file": (name, data, "audio/mpeg")},
+                      data={"lyrics": "I love you\nyou love me", "metadata": '{"artist_popularity": 70}',
+                            "track_id": name}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    p = resp.json()["predictions"][0]
+    assert p["track_id"] == name and 0 <= p["popularity"] <= 100
+
+
+@pytest.mark.parametrize("payload, status, reason", [
+    (b"", 422, "empty"), (b"definitely not audio" * 50, 422, "undecodable"), (b"\0" * (2 * 2**20), 413, "larger"),
+])
+def test_audio_upload_errors(app, payload, status, reason):
+    resp = httpx.post(f"{app['url']}/predict/audio", files={"file": ("x.mp3", payload, "audio/mpeg")}, timeout=60)
+    assert resp.status_code == status, resp.text
+    assert reason in resp.text
+
+
+def test_audio_upload_bad_metadata(app, tmp_path):
+    import soundfile as sf
+
+    wav = tmp_path / "tone.wav"
+    t = np.arange(22050 * 2) / 22050
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 440 * t), 22050)
+    for meta, field in [('{"artist_popularity": 300}', "artist_popularity"), ('{"shoe_size": 3}', "shoe_size"),
+                        ("[1, 2]", "metadata")]:
+        resp = httpx.post(f"{app['url']}/predict/audio", files={"file": ("t.wav", wav.read_bytes(), "audio/wav")},
+                          data={"metadata": meta}, timeout=60)
+        assert resp.status_code == 422 and field in resp.text, resp.text
+
+
+def test_hot_swap_then_registry_outage(app):
+    """Promote another version: replicas switch within the poll interval without failing requests in
+    flight; then stop the registry: they keep serving and /healthz says so."""
+    from hitmodels.registry import promote
+
+    url, (v1, v2) = app["url"], app["versions"]
+    body = {"rows": [good_row(url)]}
+    seen, failures = set(), 0
+
+    def hammer(deadline: float) -> None:
+        nonlocal failures
+        with httpx.Client(timeout=30) as c:
+            while time.monotonic() < deadline:
+                r = c.post(f"{url}/predict", json=body)
+                if r.status_code != 200:
+                    failures += 1
+                else:
+                    seen.add(r.json()["model_version"])
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(hammer, time.monotonic() + 12) for _ in range(2)]
+        time.sleep(1)
+        promote(MODEL, v2, tracking_uri=app["uri"])
+        for f in futures:
+            f.result()
+    assert failures == 0
+    assert seen == {v1, v2}
+    assert httpx.get(f"{url}/healthz", timeout=30).json()["model_version"] == v2
+
+    stop_process(app["proc"].pid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        h = httpx.get(f"{url}/healthz", timeout=30).json()
+        if not h["registry_ok"]:
+            break
+        time.sleep(0.5)
+    assert h["registry_ok"] is False and h["status"] == "degraded" and h["registry_error"]
+    r = httpx.post(f"{url}/predict", json=body, timeout=30)
+    assert r.status_code == 200 and r.json()["model_version"] == v2
