@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from .config import tracking_uri
+from .config import tracking_uri as resolve_tracking_uri
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
@@ -24,7 +24,7 @@ class ModelRef:
 
 
 def client(uri: str | None = None) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=tracking_uri(uri))
+    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(uri))
 
 
 def resolve(name: str, version_or_alias: str = CHAMPION, tracking_uri: str | None = None) -> ModelRef:
@@ -46,6 +46,60 @@ def latest_version(name: str, tracking_uri: str | None = None) -> ModelRef:
     if not versions:
         raise LookupError(f"model {name!r} has no registered version; run hitmusic train first")
     return ModelRef(name, str(max(int(v.version) for v in versions)))
+
+
+def rollback(name: str, tracking_uri: str | None = None) -> ModelRef:
+    """Point ``champion`` back at ``previous`` (and ``previous`` at the version just demoted)."""
+    c = client(tracking_uri)
+    try:
+        prev = c.get_model_version_by_alias(name, PREVIOUS).version
+    except MlflowException as exc:
+        raise LookupError(f"model {name!r} has no '{PREVIOUS}' alias: nothing to roll back to") from exc
+    return promote(name, str(prev), CHAMPION, tracking_uri)
+
+
+def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_uri: str | None = None,
+                    metric: str = "mae") -> tuple[float, float]:
+    """``metric`` (MAE of popularity / 100; lower is better) of two versions on the same held-out rows: the
+    candidate's own test split of ``table`` (re-derived from its logged split parameters), which the
+    candidate never trained on."""
+    from .config import TrainConfig
+    from .data import training_rows
+    from .evaluate import regression_metrics
+    from .train import split_rows
+
+    c = client(tracking_uri)
+    params = c.get_run(c.get_model_version(name, candidate).run_id).data.params
+    cfg = TrainConfig(test_size=float(params.get("test_size", TrainConfig.test_size)),
+                      seed=int(params.get("seed", TrainConfig.seed)),
+                      strat_bins=int(params.get("strat_bins", TrainConfig.strat_bins)))
+    test = split_rows(training_rows(table), cfg).test
+    truth = test["popularity"].to_numpy(float)
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    scores = []
+    for v in (candidate, incumbent):
+        pred = mlflow.pyfunc.load_model(f"models:/{name}/{v}").predict(test)["popularity"].to_numpy(float)
+        scores.append(regression_metrics(truth, pred)[metric])
+    return scores[0], scores[1]
+
+
+def promote_if_better(name: str, version: str, table, tracking_uri: str | None = None) -> tuple[bool, str]:
+    """Promote ``version`` only if its test MAE is no worse than the champion's on the same rows.
+    Returns (promoted, reason)."""
+    c = client(tracking_uri)
+    try:
+        champion = c.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        promote(name, version, CHAMPION, tracking_uri)
+        return True, f"no champion yet: version {version} promoted"
+    if str(champion) == str(version):
+        return False, f"version {version} already is the champion"
+    cand, inc = compare_on_test(name, str(version), str(champion), table, tracking_uri)
+    if cand > inc:
+        return False, (f"refused: version {version} has test MAE {cand:.5f}, worse than champion version "
+                       f"{champion} ({inc:.5f}) on the same {name} test rows")
+    promote(name, version, CHAMPION, tracking_uri)
+    return True, f"promoted: version {version} test MAE {cand:.5f} <= champion version {champion} ({inc:.5f})"
 
 
 def promote(name: str, version: str, alias: str = CHAMPION, tracking_uri: str | None = None) -> ModelRef:

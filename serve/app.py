@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -105,7 +106,33 @@ def validate_rows(rows: list[dict[str, Any]], columns: list[str], max_rows: int 
             break
     if problems:
         raise HTTPException(status_code=422, detail=problems[:50])
-    return pd.DataFrame.from_records(rows)
+    df = pd.DataFrame.from_records(rows)
+    # JSON integers arrive as int64; the model's signature says double and MLflow will not cast silently
+    df[columns] = df[columns].astype("float64")
+    return df
+
+
+def _jsonable(v):
+    """numpy scalars and NaN to what JSON can carry (NaN -> null)."""
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(v) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def audio_feature_row(data: bytes, name: str, lyric_text: str) -> dict[str, float]:
+    """Features of an uploaded preview, computed as the batch pipeline does; 422 naming the reason if unusable."""
+    from hitmodels import audio, lyrics
+    from hitmodels.config import FeatureConfig
+
+    cfg = FeatureConfig()
+    try:
+        y, sr = audio.decode(data, cfg.sr, name=name)
+        audio.check_usable(y, sr, cfg, name=name)
+    except audio.AudioError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
+    return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text)}
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,11 @@ class ModelHolder:
 
         from hitmodels.config import tracking_uri as resolve_tracking_uri
 
+        # MLflow's client retries a dead server for minutes by default; a replica should notice an outage
+        # within a poll or two and keep serving, so it retries briefly (overridable from the environment).
+        for var, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                           ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
+            os.environ.setdefault(var, value)
         self.settings = settings
         self.tracking_uri = resolve_tracking_uri(settings.tracking_uri)
         mlflow.set_tracking_uri(self.tracking_uri)
@@ -258,32 +290,10 @@ class HitMusicService:
         # absent metadata stays NaN (imputed by the model); what was given must be valid
         given = {c: v for c, v in full.items() if c in meta or c in row}
         validate_rows([given], [c for c in columns if c in given], 1)
-        df = pd.DataFrame([full])
+        df = pd.DataFrame([full]).astype("float64")
         if track_id:
             df["track_id"] = track_id
         return await self._answer(df)
-
-
-def audio_feature_row(data: bytes, name: str, lyric_text: str) -> dict[str, float]:
-    """Features of an uploaded preview, computed as the batch pipeline does; 422 naming the reason if unusable."""
-    from hitmodels import audio, lyrics
-    from hitmodels.config import FeatureConfig
-
-    cfg = FeatureConfig()
-    try:
-        y, sr = audio.decode(data, cfg.sr, name=name)
-        audio.check_usable(y, sr, cfg, name=name)
-    except audio.AudioError as exc:
-        raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text)}
-
-
-def _jsonable(v):
-    if isinstance(v, (np.floating, float)):
-        return None if not math.isfinite(v) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    return v
 
 
 def build_app(args: dict[str, str]) -> serve.Application:

@@ -1,0 +1,161 @@
+"""Batch scoring throughput: the Ray Data job (``pipelines/score.py``) against a plain single-process
+pandas + torch loop over the same Parquet, same model, one run.
+
+    .venv/bin/python benchmarks/bench_batch.py [--rows 1000000]
+
+Generates ``--rows`` feature rows (full feature width, float64, written in row groups so that nothing holds
+the table in memory), registers a model on a small generated table with its own MLflow server, then times
+(a) the plain loop in a subprocess (pyarrow row-group iterator -> model.predict -> ParquetWriter) and (b) the
+Ray job on a local Ray instance, and prints tracks/s for each, their ratio and peak memory (plain: the
+process's max RSS; Ray: the largest sum of RSS over the driver and every Ray worker, sampled every 0.2 s).
+Targets on 2 cores: >= 100,000 tracks/s, no slower than half the plain loop, <= 4 GB for the Ray job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from hitmodels.config import TrainConfig  # noqa: E402
+from hitmodels.services import free_port, start_mlflow, stop_process  # noqa: E402
+from tables import random_table  # noqa: E402
+
+
+def write_rows(path: Path, columns: list[str], rows: int, group: int = 50_000) -> None:
+    rng = np.random.default_rng(0)
+    schema = pa.schema([("track_id", pa.string())] + [(c, pa.float64()) for c in columns])
+    with pq.ParquetWriter(path, schema) as w:
+        for start in range(0, rows, group):
+            n = min(group, rows - start)
+            data = {"track_id": pa.array([f"t{i}" for i in range(start, start + n)])}
+            X = np.abs(rng.normal(1.0, 0.5, (n, len(columns))))
+            data.update({c: X[:, j] for j, c in enumerate(columns)})
+            w.write_table(pa.table(data, schema=schema))
+
+
+def plain_loop(table: str, out: str, model_uri: str) -> dict:
+    """The peer: one process, row group by row group."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    t0 = time.perf_counter()
+    n = 0
+    writer = None
+    for batch in pq.ParquetFile(table).iter_batches(batch_size=65_536):
+        df = batch.to_pandas()
+        pred = model.predict(df)
+        res = pa.table({"track_id": df["track_id"].to_numpy(), "popularity": pred["popularity"].to_numpy(),
+                        "class": pred["class"].astype(str).to_numpy()})
+        writer = writer or pq.ParquetWriter(out, res.schema)
+        writer.write_table(res)
+        n += len(df)
+    writer.close()
+    seconds = time.perf_counter() - t0
+    return {"rows": n, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class RaySampler(threading.Thread):
+    """Largest sum of RSS over this process and every process of the Ray session."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0.0, threading.Event()
+
+    def run(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.wait(0.2):
+            total = me.memory_info().rss
+            for p in psutil.process_iter(["name", "cmdline"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    if p.pid != me.pid and ("ray::" in cmd or "raylet" in cmd or "default_worker" in cmd):
+                        total += p.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak = max(self.peak, total / 2**20)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1_000_000, help="feature rows to score (default 1,000,000)")
+    p.add_argument("--plain", nargs=3, metavar=("TABLE", "OUT", "MODEL_URI"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain:
+        print(json.dumps(plain_loop(*args.plain)))
+        return 0
+
+    import ray
+
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+    from pipelines import score
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    port = free_port()
+    mlflow_proc = start_mlflow(tmp / "mlflow", "127.0.0.1", port)
+    uri = f"http://127.0.0.1:{port}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        small = random_table(0, n=400)
+        result = train(small, TrainConfig(ae_epochs=3, mlp_epochs=3, model_name="bench", experiment="bench"), uri)
+        promote("bench", result.version, tracking_uri=uri)
+        columns = [c for c in small.columns if c not in ("track_id", "artist_id", "error", "popularity")]
+        table = tmp / "catalogue.parquet"
+        t0 = time.perf_counter()
+        write_rows(table, columns, args.rows)
+        size_gb = table.stat().st_size / 2**30
+        print(f"generated {args.rows:,} rows x {len(columns)} features ({size_gb:.2f} GB) in "
+              f"{time.perf_counter() - t0:.0f} s; load {os.getloadavg()}, cpus {os.cpu_count()}", flush=True)
+
+        out = subprocess.run([sys.executable, __file__, "--plain", str(table), str(tmp / "plain.parquet"),
+                              f"models:/bench/{result.version}"], capture_output=True, text=True,
+                             env=dict(os.environ))
+        if out.returncode != 0:
+            print(out.stderr[-3000:])
+            return 1
+        plain = json.loads(out.stdout.strip().splitlines()[-1])
+        plain_rate = plain["rows"] / plain["seconds"]
+        print(f"plain loop: {plain_rate:10,.0f} tracks/s  ({plain['seconds']:.1f} s)  "
+              f"peak RSS {plain['peak_rss_mb']:,.0f} MB", flush=True)
+
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
+        sampler = RaySampler()
+        sampler.start()
+        t0 = time.perf_counter()
+        score.run(table, tmp / "ray_scores", "bench", result.version, uri)
+        seconds = time.perf_counter() - t0
+        sampler.stop.set()
+        n_out = pq.ParquetDataset(tmp / "ray_scores").read(columns=["track_id"]).num_rows
+        ray_rate = args.rows / seconds
+        print(f"ray job:    {ray_rate:10,.0f} tracks/s  ({seconds:.1f} s, {n_out:,} rows out)  "
+              f"peak RSS (driver + workers) {sampler.peak:,.0f} MB")
+        print(f"ratio ray / plain: {ray_rate / plain_rate:.2f}")
+        print(f"targets: >= 100,000 tracks/s: {'met' if ray_rate >= 1e5 else 'NOT met'}; >= 0.5 x plain: "
+              f"{'met' if ray_rate >= 0.5 * plain_rate else 'NOT met'}; <= 4 GB: "
+              f"{'met' if sampler.peak <= 4096 else 'NOT met'}")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        stop_process(mlflow_proc.pid)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
