@@ -1,8 +1,8 @@
 """One feature row per track: audio summary statistics plus the six lyric features.
 
-:func:`extract_row` never raises on bad input: a preview that is missing, empty, undecodable, too short or
-silent gives a row whose ``error`` names the reason and whose features are null, so a batch job keeps
-rows in = rows out.
+:func:`extract_row` never raises on bad input: a preview that is missing, cannot be fetched, is empty,
+undecodable, too short or silent gives a row whose ``error`` names the reason and whose features are null,
+so a batch job keeps rows in = rows out.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def extract_row(track_id: str, audio_uri: str, lyric_text: str | None,
     """Features of one track as ``{"track_id", "error", <feature>: float}``."""
     row: dict = {"track_id": str(track_id), "error": None}
     try:
-        y, sr = audio.load(audio_uri, cfg)
+        # a manifest read by pandas gives None or NaN where the URI is missing
+        y, sr = audio.load(audio_uri if isinstance(audio_uri, str) else "", cfg)
         row.update(audio.audio_features(y, sr, cfg))
-        row.update(lyrics.lyric_features(lyric_text))
+        row.update(lyrics.lyric_features(lyric_text if isinstance(lyric_text, str) else None))
     except audio.AudioError as exc:
         row["error"] = str(exc)
     except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch

@@ -1,0 +1,326 @@
+"""The extraction job on a real local Ray: every kind of bad input, resuming after an interrupted run, and
+audio fetched from an S3-compatible server (conftest's moto) and an HTTP server, both real servers on
+loopback, stopped by their fixtures."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from hitmodels import features
+from hitmodels.config import FeatureConfig
+from hitmodels.services import free_port
+from pipelines import extract
+
+pytestmark = pytest.mark.integration
+
+FEATURES = list(features.feature_names(FeatureConfig()))
+
+
+def _manifest(path: Path, rows: list[tuple]) -> Path:
+    pd.DataFrame(rows, columns=["track_id", "audio_uri", "lyrics"]).to_parquet(path)
+    return path
+
+
+def _good_tracks(catalogue: dict, n: int) -> pd.DataFrame:
+    return pd.read_parquet(catalogue["manifest"]).head(n)
+
+
+def _raw_rows(out_dir: Path) -> pd.DataFrame:
+    """Every row of every part file, without de-duplication: what is really on disk."""
+    parts = sorted(out_dir.glob("*.parquet"))
+    assert parts, f"no part files in {out_dir}"
+    for p in parts:
+        assert pq.read_schema(p) == features.output_schema(), p
+    return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+
+
+def _assert_ok_rows(table: pd.DataFrame) -> None:
+    ok = table[table["error"].isna()]
+    assert np.isfinite(ok[FEATURES].to_numpy(dtype=float)).all()
+
+
+def test_every_kind_of_bad_input_gives_one_row_with_its_reason(ray_local, tiny_catalogue, tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "garbage.mp3").write_bytes(b"ID3 but not really an mp3 " * 64)
+    sf.write(tmp_path / "short.wav", (0.1 * rng.standard_normal(6000)).astype(np.float32), 22050)  # 0.27 s
+    sf.write(tmp_path / "silent.wav", np.zeros(2 * 22050, dtype=np.float32), 22050)
+    closed_port = free_port()  # nothing listens there
+    bad = {
+        "t-missing-file": (str(tmp_path / "nope.wav"), "missing"),
+        "t-missing-uri": (None, "missing"),
+        "t-empty": (str(tmp_path / "empty.wav"), "empty"),
+        "t-undecodable": (str(tmp_path / "garbage.mp3"), "undecodable"),
+        "t-too-short": (str(tmp_path / "short.wav"), "too_short"),
+        "t-silent": (str(tmp_path / "silent.wav"), "silent"),
+        "t-unreachable": (f"http://127.0.0.1:{closed_port}/x.wav", "fetch_failed"),
+    }
+    good = _good_tracks(tiny_catalogue, 3)
+    rows = [(t, u, "la la la") for t, (u, _) in bad.items()] + list(good.itertuples(index=False, name=None))
+    rows.append(rows[0])  # a duplicated manifest row is one track, not two rows
+    manifest = _manifest(tmp_path / "manifest.parquet", rows)
+
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+
+    assert counts == {"ok": 3, "missing": 2, "empty": 1, "undecodable": 1, "too_short": 1, "silent": 1,
+                      "fetch_failed": 1}
+    raw = _raw_rows(tmp_path / "out")
+    assert sorted(raw["track_id"]) == sorted({r[0] for r in rows})  # rows in = rows out, each once
+    by_id = raw.set_index("track_id")
+    for track_id, (_, reason) in bad.items():
+        assert features.error_reason(by_id.loc[track_id, "error"]) == reason, by_id.loc[track_id, "error"]
+        assert by_id.loc[track_id, FEATURES].isna().all(), track_id
+    assert by_id.loc[list(good["track_id"]), "error"].isna().all()
+    _assert_ok_rows(raw)
+
+
+def test_resume_skips_done_tracks_and_repairs_an_interrupted_run(ray_local, tiny_catalogue, tmp_path):
+    good = _good_tracks(tiny_catalogue, 12)
+    manifest = _manifest(tmp_path / "manifest.parquet", list(good.itertuples(index=False, name=None)))
+    out = tmp_path / "out"
+    assert extract.run(manifest, out, batch_size=2, block_size=3) == {"ok": 12}
+    parts = sorted(out.glob("*.parquet"))
+    assert len(parts) >= 3, "the test needs several part files to lose some of them"
+    ids_in = {p: set(pq.read_table(p, columns=["track_id"])["track_id"].to_pylist()) for p in parts}
+
+    # An interrupted run: one part never written, one cut off while being written.
+    lost, cut, kept = parts[0], parts[1], parts[2:]
+    lost.unlink()
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept}
+
+    assert extract.run(manifest, out, batch_size=2, block_size=3) == {"ok": 12}
+
+    assert (out / extract.QUARANTINE / cut.name).exists()
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in kept} == before  # done parts untouched
+    new_parts = set(out.glob("*.parquet")) - set(kept)
+    redone = set().union(*(pq.read_table(p, columns=["track_id"])["track_id"].to_pylist() for p in new_parts))
+    assert redone == ids_in[lost] | ids_in[cut]  # only the lost tracks were extracted again
+    raw = _raw_rows(out)
+    assert sorted(raw["track_id"]) == sorted(good["track_id"])  # every track exactly once
+    _assert_ok_rows(raw)
+
+    # a third run finds nothing to do and writes nothing
+    files = sorted(out.glob("*.parquet"))
+    assert extract.run(manifest, out, batch_size=2, block_size=3) == {"ok": 12}
+    assert sorted(out.glob("*.parquet")) == files
+
+
+def _local_rows(good: pd.DataFrame) -> pd.DataFrame:
+    rows = [features.extract_row(t, u, lyr) for t, u, lyr in good.itertuples(index=False, name=None)]
+    return pd.DataFrame(rows).set_index("track_id")[FEATURES]
+
+
+def test_audio_from_s3_compatible_store(ray_local, tiny_catalogue, tmp_path, s3_endpoint):
+    """conftest's session-wide moto server; its endpoint and dummy keys reach the tasks through
+    AWS_ENDPOINT_URL_S3 and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."""
+    import uuid
+
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = f"previews-{uuid.uuid4().hex[:8]}"  # the server is shared with other tests
+    s3.create_bucket(Bucket=bucket)
+    good = _good_tracks(tiny_catalogue, 3)
+    rows = []
+    for t, uri, lyr in good.itertuples(index=False, name=None):
+        s3.put_object(Bucket=bucket, Key=f"audio/{Path(uri).name}", Body=Path(uri).read_bytes())
+        rows.append((t, f"s3://{bucket}/audio/{Path(uri).name}", lyr))
+    s3.put_object(Bucket=bucket, Key="audio/empty.wav", Body=b"")
+    rows += [("t-s3-empty", f"s3://{bucket}/audio/empty.wav", ""),
+             ("t-s3-no-key", f"s3://{bucket}/audio/nope.wav", ""),
+             ("t-s3-no-bucket", "s3://no-such-bucket/a.wav", "")]
+    manifest = _manifest(tmp_path / "manifest.parquet", rows)
+
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+
+    assert counts == {"ok": 3, "empty": 1, "fetch_failed": 2}
+    table = extract.read_features(tmp_path / "out").set_index("track_id")
+    assert "NoSuchKey" in table.loc["t-s3-no-key", "error"]
+    # the same bytes give the same features as the local files
+    pd.testing.assert_frame_equal(table.loc[list(good["track_id"]), FEATURES], _local_rows(good),
+                                  check_exact=False, rtol=1e-9)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture()
+def http_root(tmp_path):
+    """A threaded HTTP server on a free loopback port serving ``tmp_path / "www"``; yields (dir, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_audio_over_http(ray_local, tiny_catalogue, tmp_path, http_root):
+    root, base = http_root
+    good = _good_tracks(tiny_catalogue, 3)
+    rows = []
+    for t, uri, lyr in good.itertuples(index=False, name=None):
+        shutil.copy(uri, root / Path(uri).name)
+        rows.append((t, f"{base}/{Path(uri).name}", lyr))
+    (root / "empty.wav").write_bytes(b"")
+    rows += [("t-http-empty", f"{base}/empty.wav", ""), ("t-http-404", f"{base}/nope.wav", "")]
+    manifest = _manifest(tmp_path / "manifest.parquet", rows)
+
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+
+    assert counts == {"ok": 3, "empty": 1, "fetch_failed": 1}
+    table = extract.read_features(tmp_path / "out").set_index("track_id")
+    assert "404" in table.loc["t-http-404", "error"]
+    pd.testing.assert_frame_equal(table.loc[list(good["track_id"]), FEATURES], _local_rows(good),
+                                  check_exact=False, rtol=1e-9)
+
+
+# ---- a two-node Ray cluster on this machine -------------------------------------------------------------
+
+_DRIVER = """
+import json, os, sys, time
+
+import ray
+
+from pipelines import extract
+
+manifest, out_dir, marker = sys.argv[1:4]
+ray.init(log_to_driver=False)  # RAY_ADDRESS names the cluster
+deadline = time.monotonic() + 120
+while sum(n["Alive"] for n in ray.nodes()) < 2:
+    assert time.monotonic() < deadline, "the second node never joined"
+    time.sleep(0.5)
+
+job_batch = extract.extract_batch
+
+
+def traced(batch, cfg):  # pickled by value: the tasks note which node ran them, then do the real work
+    import ray
+
+    with open(os.path.join(marker, ray.get_runtime_context().get_node_id()), "a") as f:
+        f.write("".join(f"{t}\\n" for t in batch["track_id"]))
+    return job_batch(batch, cfg)
+
+
+extract.extract_batch = traced
+counts = extract.run(manifest, out_dir, batch_size=1, block_size=2)
+print(json.dumps({"counts": dict(counts), "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}))
+"""
+
+
+def _stop_group(proc) -> None:
+    """SIGTERM the process group we started ``proc`` in, SIGKILL what lingers. Unlike a plain group kill
+    loop this reaps ``proc`` itself, whose zombie would otherwise keep the group alive."""
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    # `ray start --block` takes ~20 s to wind its node down on SIGTERM; a throwaway test cluster need not
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+    proc.wait()
+
+
+def _kill_leftovers(tag: str) -> None:
+    """SIGKILL processes of ours that outlived their process group: those whose command line names our own
+    temp dir. Nothing else on the machine is touched (no `ray stop`, which stops every Ray here)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if tag.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture()
+def two_node_cluster():
+    """`ray start --head` and a second `ray start --address` node, 1 CPU each, on free loopback ports with
+    their own temp dirs; yields the address. Stopped by killing our own process groups."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # Short: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
+    tmp = tempfile.mkdtemp(prefix="hm-ray-", dir="/tmp")
+    port = free_port()
+    # token auth as everywhere in this project (the token in ~/.ray/auth_token is reused, never regenerated)
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    env.pop("RAY_ADDRESS", None)
+    common = ["--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--node-ip-address", "127.0.0.1",
+              "--disable-usage-stats", "--block"]
+    nodes = {
+        "head": ["--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-host", "127.0.0.1",
+                 "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())],
+        "node2": ["--address", f"127.0.0.1:{port}"],
+    }
+    procs, logs = [], []
+    try:
+        for name, args in nodes.items():
+            logs.append(open(f"{tmp}/{name}.log", "wb"))
+            procs.append(subprocess.Popen(
+                [ray_bin, "start", *args, "--temp-dir", f"{tmp}/{name}", "--dashboard-agent-listen-port",
+                 str(free_port()), *common], env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+                start_new_session=True))
+        yield {"address": f"127.0.0.1:{port}", "env": env, "tmp": Path(tmp)}
+    finally:
+        for p in reversed(procs):
+            _stop_group(p)
+        for f in logs:
+            f.close()
+        _kill_leftovers(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_extract_job_spreads_over_a_two_node_cluster(tiny_catalogue, tmp_path, two_node_cluster):
+    good = _good_tracks(tiny_catalogue, 16)
+    manifest = _manifest(tmp_path / "manifest.parquet", list(good.itertuples(index=False, name=None)))
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    marker = tmp_path / "ran_on"
+    marker.mkdir()
+    env = dict(two_node_cluster["env"], RAY_ADDRESS=two_node_cluster["address"])
+    done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(manifest), str(tmp_path / "out"),
+                           str(marker)], env=env, capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text(errors="replace")[-2000:] for p in two_node_cluster["tmp"].glob("*.log"))
+    assert done.returncode == 0, done.stderr[-4000:] + logs
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["counts"] == {"ok": 16}
+    assert len(result["nodes"]) == 2
+    ran = {p.name: p.read_text().split() for p in marker.iterdir()}
+    assert set(ran) == set(result["nodes"]), "work ran on only one of the two nodes"
+    assert sorted(sum(ran.values(), [])) == sorted(good["track_id"])  # each track once, over both nodes
+    assert sorted(_raw_rows(tmp_path / "out")["track_id"]) == sorted(good["track_id"])
