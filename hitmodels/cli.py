@@ -8,6 +8,9 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic build .hitmusic/features .hitmusic/catalogue .hitmusic/model_table.parquet
     hitmusic train .hitmusic/model_table.parquet  # logs a run, registers a new model version
     hitmusic promote --version 1                  # alias 'champion' -> version 1
+    hitmusic tune .hitmusic/model_table.parquet   # Ray Tune trials (nested MLflow runs), best registered
+    hitmusic promote --version 2 --if-better --table .hitmusic/model_table.parquet
+    hitmusic rollback                             # champion <- previous
     hitmusic serve                                # Ray Serve HTTP endpoint on 127.0.0.1:8000
     hitmusic score .hitmusic/model_table.parquet .hitmusic/scores
     hitmusic down                                 # stop Serve, Ray and MLflow
@@ -72,12 +75,29 @@ def cmd_synth(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from .registry import latest_version, promote
+    from .registry import latest_version, promote, promote_if_better
 
     _export_tracking(_services(args))
     version = args.version or latest_version(args.model).version
+    if args.if_better:
+        if args.table is None:
+            raise ValueError("--if-better needs --table: the model table both versions are scored on")
+        import pandas as pd
+
+        promoted, reason = promote_if_better(args.model, version, pd.read_parquet(args.table))
+        print(reason)
+        return 0 if promoted else 1
     ref = promote(args.model, version, args.alias)
     print(f"{ref.name}@{args.alias} -> version {ref.version}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from .registry import rollback
+
+    _export_tracking(_services(args))
+    ref = rollback(args.model)
+    print(f"{ref.name}@champion -> version {ref.version} (rolled back)")
     return 0
 
 
@@ -97,7 +117,7 @@ def cmd_demo(args) -> int:
     from serve.deploy import deploy
 
     from .config import TrainConfig
-    from .registry import promote
+    from .registry import promote, promote_if_better
     from .services import up
     from .synth import generate
     from .train import train
@@ -125,11 +145,20 @@ def cmd_demo(args) -> int:
     step(f"registered {result.model_name} version {result.version}: test MAE {result.metrics['test_mae']:.4f} "
          f"(predicting the mean: {result.metrics['test_mae_predict_mean']:.4f})")
     promote(result.model_name, result.version)
-    step(f"promoted version {result.version} to champion; deploying Ray Serve")
+    step(f"promoted version {result.version} to champion")
+    if args.tune_trials > 0:
+        from pipelines import tune
+
+        step(f"tuning: {args.tune_trials} random trials with ASHA (Ray Tune), best retrained with Ray Train")
+        trials, tuned = tune.run(table_path, num_samples=args.tune_trials, epochs=args.tune_epochs,
+                                 name=f"demo-{int(time.time())}", tracking_uri=svc.tracking_uri)
+        promoted, reason = promote_if_better(result.model_name, tuned.version, pd.read_parquet(table_path))
+        step(f"tuned {len(trials)} trials; registered version {tuned.version}; {reason}")
+    step("deploying Ray Serve")
     url = deploy(ServeSettings(model_name=result.model_name, tracking_uri=svc.tracking_uri), svc.host,
                  svc.serve_port)
     step("scoring the whole catalogue with a Ray job")
-    score.run(table_path, home / "scores", result.model_name, "champion", svc.tracking_uri)
+    champion = score.run(table_path, home / "scores", result.model_name, "champion", svc.tracking_uri)
     scores = score.read_scores(home / "scores")
     step(f"scored {len(scores)} tracks -> {home / 'scores'}")
     table = pd.read_parquet(table_path)
@@ -141,7 +170,8 @@ def cmd_demo(args) -> int:
     example_path.write_text(json.dumps(example))
     print(f"""
 Done in {time.monotonic() - t0:.0f} s.
-  MLflow UI:      {urls['mlflow']}  (experiment '{result.model_name}', model '{result.model_name}' @champion)
+  MLflow UI:      {urls['mlflow']}  (experiments '{result.model_name}' and '{result.model_name}-tune';
+                  model '{result.model_name}', champion = version {champion.version})
   Ray dashboard:  {urls['ray_dashboard']}
   Endpoint:       {url}/predict   (docs: {url}/docs)
   Scores:         {home / 'scores'}
@@ -155,7 +185,7 @@ Stop everything with: make stop   (or: hitmusic down)""")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines import build, extract, score, train
+    from pipelines import build, evaluate, extract, score, train, tune
     from serve import deploy
 
     p = argparse.ArgumentParser(prog="hitmusic", description=__doc__,
@@ -190,10 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("extract", "Ray Data job: audio + lyric features per track", lambda a: extract.main_from_args(a), extract)
     add("build", "join features with metadata into the model table", lambda a: build.main_from_args(a), build)
     add("train", "train HitMusicNet, log to MLflow, register a version", _with_tracking(train.main_from_args), train)
+    add("evaluate", "cross-validate the paper's configurations and baselines, write a report",
+        _with_tracking(evaluate.main_from_args), evaluate)
+    add("tune", "Ray Tune over model variants, trials in MLflow, best retrained and registered",
+        _with_tracking(tune.main_from_args), tune)
     sp = add("promote", "point the 'champion' alias at a model version", cmd_promote)
     sp.add_argument("--model", default="hitmusicnet", help="registered model name (default hitmusicnet)")
     sp.add_argument("--version", default=None, help="version to promote (default: the latest)")
     sp.add_argument("--alias", default="champion", help="alias to set (default champion)")
+    sp.add_argument("--if-better", action="store_true",
+                    help="promote only if the version's test MAE is no worse than the champion's on the same "
+                         "held-out rows of --table; exits 1 and says why when it refuses")
+    sp.add_argument("--table", type=Path, default=None, help="model table for --if-better")
+    sp = add("rollback", "point 'champion' back at the 'previous' version", cmd_rollback)
+    sp.add_argument("--model", default="hitmusicnet", help="registered model name (default hitmusicnet)")
     add("serve", "deploy the champion on Ray Serve (HTTP)", _with_tracking(deploy.main_from_args), deploy)
     add("score", "Ray job: score a catalogue with the champion into Parquet", _with_tracking(score.main_from_args),
         score)
@@ -201,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-tracks", type=int, default=200, help="tracks in the sample catalogue (default 200)")
     sp.add_argument("--duration", type=float, default=30.0, help="preview length, s (default 30)")
     sp.add_argument("--epochs", type=int, default=100, help="maximum training epochs (default 100)")
+    sp.add_argument("--tune-trials", type=int, default=4, help="trials of the demo's tuning run (0: skip; default 4)")
+    sp.add_argument("--tune-epochs", type=int, default=20, help="maximum epochs per tuning trial (default 20)")
     return p
 
 

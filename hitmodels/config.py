@@ -8,12 +8,12 @@ a port or a numerical constant.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # Schema version of the feature table; bump when a column's meaning changes so registered models record
 # which features they were trained on.
-FEATURE_SCHEMA_VERSION = "1"
+FEATURE_SCHEMA_VERSION = "2"
 
 # Popularity classes of HitMusicNet eq. (4): below 25 is low, 25 to below 65 medium, 65 and above high.
 CLASS_NAMES = ("low", "medium", "high")
@@ -42,6 +42,14 @@ class FeatureConfig:
     n_mfcc: int = 48
     rolloff_percent: float = 0.85
     energy_entropy_blocks: int = 10
+    # Chroma from a constant-Q transform from C1, 7 octaves at 3 bins per semitone, and tonnetz from that
+    # chroma: librosa.feature.chroma_cqt's defaults, which the paper used.
+    n_chroma: int = 12
+    chroma_bins_per_octave: int = 36
+    chroma_n_octaves: int = 7
+    # Spectral contrast: librosa's defaults (6 octave bands from 200 Hz, plus the rest up to Nyquist)
+    contrast_fmin: float = 200.0
+    contrast_n_bands: int = 6
     min_duration_s: float = 1.0
     silence_rms: float = 1e-4
 
@@ -60,21 +68,116 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """HitMusicNet training (MusicAENet then MusicPopNet), defaults of the paper's model 1 (δ = 1/5)."""
+    """HitMusicNet training (MusicAENet then MusicPopNet); see the README's "Model" section.
+
+    Defaults are the paper's model 1 (δ = 1/5) with variant B's optimiser and initialiser (Adam, Glorot
+    uniform); :func:`paper_config` gives every named configuration of the paper's Table 2.
+    """
 
     delta: float = 1 / 5
+    alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3)
     dropout: float = 0.25
     batch_size: int = 256
     ae_epochs: int = 100
     mlp_epochs: int = 100
     patience: int = 10
-    lr: float = 1e-3
+    # MusicPopNet's optimiser and initialiser (the paper's variants A-D). lr=None: the optimiser's Keras
+    # default (SGD 0.01, Adam 0.001, Nadam 0.002, Adadelta 1.0), since the paper trained with Keras defaults.
     optimizer: str = "adam"
+    lr: float | None = None
+    initialiser: str = "glorot_uniform"
+    # MusicAENet is always trained with Adam 1e-3 on MSE (paper section V-A), whatever the variant.
+    ae_optimizer: str = "adam"
+    ae_lr: float = 1e-3
+    # Also train the 3-class softmax MusicPopNet on the same code (its argmax is the served ``class``).
+    classifier: bool = True
+    # "fixed": eq. (4), low < 25 <= medium < 65 <= high; "quartiles": Q1 and Q3 of the training popularity.
+    class_scheme: str = "fixed"
+    # Split conformal prediction interval: target coverage, calibrated on rows the model never fits.
+    coverage: float = 0.8
     test_size: float = 0.2
     val_size: float = 0.2
+    calib_size: float = 0.15
+    # Stratification of every split and fold: this many quantile bins of popularity.
+    strat_bins: int = 10
     seed: int = 42
+    # Threads while fitting: torch's intra-op threads and scikit-learn's OpenMP/BLAS threads for the
+    # baselines (None: the libraries' defaults, one per core). 1 because on the 2-core machine shared with
+    # Ray and other jobs an autoencoder epoch took 1.4-7x longer with 2 threads than with 1 (the threads
+    # wait for each other); raise it on a dedicated machine.
+    threads: int | None = 1
+    name: str = "custom"
     model_name: str = "hitmusicnet"
     experiment: str = "hitmusicnet"
+
+
+# The paper's Table 2: models 1-3 differ in the autoencoder's code size δ, variants A-D in MusicPopNet's
+# optimiser and initialiser. A, B and C are the published ones; D (Adam + He normal) is our reading, taken
+# from the authors' published code (models/model_selection.py, "model_1_D") since the paper's text does not
+# spell it out.
+PAPER_DELTAS = {"1": 1 / 5, "2": 1 / 4, "3": 1 / 7}
+PAPER_VARIANTS = {"A": ("adadelta", "glorot_uniform"), "B": ("adam", "glorot_uniform"),
+                  "C": ("adadelta", "he_normal"), "D": ("adam", "he_normal")}
+PAPER_CONFIGS = tuple(f"{m}-{v}" for m in PAPER_DELTAS for v in PAPER_VARIANTS)
+
+
+def paper_config(name: str, base: TrainConfig | None = None) -> TrainConfig:
+    """The paper's named configuration (``"1-A"`` ... ``"3-D"``) on top of ``base`` (default settings)."""
+    model, _, variant = name.upper().partition("-")
+    if model not in PAPER_DELTAS or variant not in PAPER_VARIANTS:
+        raise ValueError(f"unknown configuration {name!r}; choose from {', '.join(PAPER_CONFIGS)}")
+    optimizer, initialiser = PAPER_VARIANTS[variant]
+    return replace(base or TrainConfig(), delta=PAPER_DELTAS[model], optimizer=optimizer,
+                   initialiser=initialiser, name=f"{model}-{variant}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``hitmusic evaluate``: the paper's procedure (section V-C) and the comparison it reports.
+
+    An 80/20 stratified train/test split; stratified k-fold CV on the training part; every model and
+    baseline fitted on the same folds with the same scaling; validation metrics averaged over folds, and
+    each fold's model scored on the same held-out test rows (averaged too, as the authors' result files).
+    """
+
+    configs: tuple[str, ...] = ("1-A", "1-B", "2-B", "3-C")
+    baselines: tuple[str, ...] = ("mlr", "lasso", "lda", "mlp", "hgb")
+    n_folds: int = 5
+    # Ranking metrics look at the top fraction of the test rows by true popularity (Yu et al. use 10 %).
+    top_fraction: float = 0.1
+    # t-SNE of the code is quadratic-ish in points; a sample of the test rows is enough to see the classes.
+    tsne_points: int = 2000
+    experiment: str = "hitmusicnet-evaluate"
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The online service (``serve/app.py``); every field can be set from the Serve config file's ``args``."""
+
+    model_name: str = "hitmusicnet"
+    alias: str = "champion"
+    tracking_uri: str | None = None
+    # How often replicas ask the registry where the alias points; a move is picked up within this time.
+    poll_interval_s: float = 10.0
+    max_rows: int = 1024
+    max_upload_mb: float = 20.0
+    # Dynamic batching across concurrent requests (@serve.batch).
+    max_batch_size: int = 256
+    batch_wait_timeout_s: float = 0.002
+
+    @classmethod
+    def from_args(cls, args: dict) -> "ServeSettings":
+        """From string arguments (``serve run ... key=value`` or the config file); unknown keys are an error."""
+        fields = cls.__dataclass_fields__
+        unknown = set(args) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown serve argument(s) {sorted(unknown)}; known: {sorted(fields)}")
+        typed = {}
+        for k, v in args.items():
+            kind = fields[k].type
+            typed[k] = v if v is None or "str" in str(kind) else (float(v) if "float" in str(kind) else int(v))
+        return cls(**typed)
 
 
 @dataclass(frozen=True)

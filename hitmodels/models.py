@@ -3,7 +3,14 @@
 - :class:`MusicAENet`: autoencoder d -> d/2 -> d/3 -> code (δ·d) with a mirrored decoder, trained on MSE.
 - :class:`MusicPopNet`: MLP on the code, hidden layers α·c with α = (1, 1/2, 1/3), ReLU and dropout,
   one sigmoid output (popularity / 100) or three logits (low / medium / high).
-- :class:`HitMusicNet`: encoder + MusicPopNet, what is registered and served.
+- :class:`HitMusicNet`: encoder + MusicPopNet (+ the 3-class MusicPopNet), what is registered and served.
+
+Details the paper's text leaves open follow the authors' published Keras code (the code min-max scaled again
+before MusicPopNet, no dropout after MusicPopNet's last hidden layer) with one exception: their autoencoder
+has a ReLU code and a sigmoid reconstruction, ours a linear code and a linear reconstruction (ReLU on the
+hidden layers), which learnt better here: test MAE / MAE of predicting the mean 0.75 vs. 0.85 on the
+200-track demo table and 0.552 vs. 0.564 on a generated 6,000-row table (4 seeds each); the ReLU code also
+left some code units dead.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ INITIALISERS = {
     "he_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
     "he_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
 }
+
+# Bumped when a change makes older saved weights load into a different function.
+ARCH_VERSION = 2
+N_CLASSES = 3
 
 
 def _size(x: float) -> int:
@@ -68,8 +79,11 @@ class MusicPopNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         width = c
-        for h in popnet_sizes(c, alphas):
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        sizes = popnet_sizes(c, alphas)
+        for i, h in enumerate(sizes):
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if i < len(sizes) - 1:
+                layers.append(nn.Dropout(dropout))
             width = h
         layers.append(nn.Linear(width, n_out))
         self.net = nn.Sequential(*layers)
@@ -81,12 +95,38 @@ class MusicPopNet(nn.Module):
 
 
 class HitMusicNet(nn.Module):
-    """Scaled features ``(batch, d)`` -> popularity in [0, 1] ``(batch, 1)`` through the AE's encoder."""
+    """Scaled features ``(batch, d)`` -> popularity in [0, 1] ``(batch, 1)`` through the AE's encoder.
 
-    def __init__(self, d: int, delta: float = 1 / 5, dropout: float = 0.25):
+    ``classifier=True`` adds a second MusicPopNet with three logits on the same code
+    (:meth:`class_logits`). The code's min-max scaling (fitted on training codes) lives in buffers, so it
+    travels with the weights.
+    """
+
+    def __init__(self, d: int, delta: float = 1 / 5, dropout: float = 0.25,
+                 alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3), classifier: bool = False):
         super().__init__()
         self.ae = MusicAENet(d, delta)
-        self.pop = MusicPopNet(self.ae.code_size, dropout)
+        c = self.ae.code_size
+        self.register_buffer("code_lo", torch.zeros(c))
+        self.register_buffer("code_span", torch.ones(c))
+        self.pop = MusicPopNet(c, dropout, 1, tuple(alphas))
+        self.cls = MusicPopNet(c, dropout, N_CLASSES, tuple(alphas)) if classifier else None
+
+    def fit_code_scaling(self, x: torch.Tensor) -> None:
+        """Min-max scale the code to [0, 1] on these (training) rows; dead code units keep span 1."""
+        with torch.no_grad():
+            code = self.ae.encode(x)
+            lo, hi = code.min(0).values, code.max(0).values
+            self.code_lo.copy_(lo)
+            self.code_span.copy_(torch.where(hi > lo, hi - lo, torch.ones_like(hi)))
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.ae.encode(x) - self.code_lo) / self.code_span
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pop(self.ae.encode(x))
+        return self.pop(self.code(x))
+
+    def class_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cls is None:
+            raise ValueError("this HitMusicNet was built without the 3-class MusicPopNet")
+        return self.cls(self.code(x))

@@ -1,9 +1,10 @@
 """The registered model: preprocessing + HitMusicNet weights behind MLflow's pyfunc interface.
 
 A registered version takes raw feature rows (a DataFrame with the training columns, any order, extra
-columns ignored) and returns ``popularity`` (0-100) and ``class`` (low/medium/high by eq. 4 thresholds of the
-predicted popularity). Missing values (NaN) are imputed with the training medians, then min-max scaled with
-the training minima and maxima, exactly as in training; missing *columns* are an error naming them.
+columns ignored) and returns ``popularity`` (0-100), its conformal interval, ``class`` (low/medium/high) and
+the class probabilities (see :class:`HitMusicPyfunc`). Missing values (NaN) are imputed with the training
+medians, then min-max scaled with the training minima and maxima, exactly as in training; missing *columns*
+are an error naming them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 
 from .config import CLASS_NAMES, CLASS_THRESHOLDS
-from .models import HitMusicNet
+from .models import ARCH_VERSION, HitMusicNet
 
 
 @dataclass
@@ -64,25 +65,110 @@ def popularity_class(popularity: np.ndarray, thresholds: tuple[float, float] = C
     return np.asarray(CLASS_NAMES, dtype=object)[np.digitize(popularity, thresholds)]
 
 
-def save_bundle(directory: Path, net: HitMusicNet, pre: Preprocessor, arch: dict) -> dict[str, str]:
-    """Write weights, architecture and preprocessing; returns the pyfunc ``artifacts`` mapping."""
+def class_thresholds(scheme: str, train_popularity: np.ndarray | None = None) -> tuple[float, float]:
+    """Class boundaries: ``"fixed"`` is eq. (4), (25, 65); ``"quartiles"`` is (Q1, Q3) of the training
+    popularity, which gives classes of 25 / 50 / 25 % of the training rows whatever the dataset's scale."""
+    if scheme == "fixed":
+        return CLASS_THRESHOLDS
+    if scheme == "quartiles":
+        if train_popularity is None or len(train_popularity) == 0:
+            raise ValueError("quartile classes need the training popularity")
+        q1, q3 = np.percentile(np.asarray(train_popularity, float), [25, 75])
+        return float(q1), float(q3)
+    raise ValueError(f"unknown class scheme {scheme!r}; choose 'fixed' or 'quartiles'")
+
+
+@dataclass
+class SplitConformal:
+    """Split conformal interval ``popularity ± halfwidth`` (Vovk et al.; Lei et al. 2018, JASA).
+
+    ``halfwidth`` is the ceil((n + 1)·coverage)-th smallest absolute residual on n calibration rows the model
+    never fitted, which guarantees at least ``coverage`` marginal coverage on exchangeable new rows. With too
+    few calibration rows for that rank the interval is the whole 0-100 range.
+    """
+
+    coverage: float
+    halfwidth: float
+    n_calib: int
+
+    @classmethod
+    def fit(cls, y_true: np.ndarray, y_pred: np.ndarray, coverage: float) -> "SplitConformal":
+        if not 0 < coverage < 1:
+            raise ValueError(f"coverage must be between 0 and 1, got {coverage}")
+        scores = np.sort(np.abs(np.asarray(y_true, float) - np.asarray(y_pred, float)))
+        n = len(scores)
+        rank = int(np.ceil((n + 1) * coverage - 1e-9))  # 100 * 0.55 is 55.00000000000001 in floats
+        halfwidth = float(scores[rank - 1]) if 0 < rank <= n else 100.0
+        return cls(float(coverage), halfwidth, n)
+
+    def interval(self, popularity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds, clipped to the 0-100 range popularity lives in."""
+        p = np.asarray(popularity, float)
+        return np.clip(p - self.halfwidth, 0.0, 100.0), np.clip(p + self.halfwidth, 0.0, 100.0)
+
+
+@dataclass
+class ModelMeta:
+    """Everything besides weights and preprocessing that a registered version needs to answer."""
+
+    d: int
+    delta: float
+    dropout: float
+    alphas: list[float]
+    classifier: bool
+    class_scheme: str
+    thresholds: list[float]
+    conformal: dict | None = None
+    config: str = "custom"
+    arch_version: int = ARCH_VERSION
+
+    def build(self) -> HitMusicNet:
+        return HitMusicNet(self.d, self.delta, self.dropout, tuple(self.alphas), self.classifier)
+
+
+def save_bundle(directory: Path, net: HitMusicNet, pre: Preprocessor, meta: ModelMeta) -> dict[str, str]:
+    """Write weights, architecture/calibration and preprocessing; returns the pyfunc ``artifacts`` mapping."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), directory / "weights.pt")
-    (directory / "arch.json").write_text(json.dumps(arch))
+    (directory / "arch.json").write_text(json.dumps(asdict(meta)))
     (directory / "preprocess.json").write_text(pre.to_json())
-    return {k: str(directory / f) for k, f in
+    return bundle_artifacts(directory)
+
+
+def load_bundle(artifacts: dict[str, str]) -> tuple[HitMusicNet, Preprocessor, ModelMeta]:
+    """Read what :func:`save_bundle` wrote (``artifacts`` as it returned, or an MLflow context's)."""
+    raw = json.loads(Path(artifacts["arch"]).read_text())
+    if raw.get("arch_version") != ARCH_VERSION:
+        raise ValueError(f"model saved with architecture version {raw.get('arch_version', 1)}, this code "
+                         f"reads version {ARCH_VERSION}: retrain it with this version")
+    meta = ModelMeta(**raw)
+    net = meta.build()
+    net.load_state_dict(torch.load(artifacts["weights"], map_location="cpu", weights_only=True))
+    net.eval()
+    return net, Preprocessor.from_json(Path(artifacts["preprocess"]).read_text()), meta
+
+
+def bundle_artifacts(directory: Path) -> dict[str, str]:
+    """The pyfunc ``artifacts`` mapping of a bundle directory written by :func:`save_bundle`."""
+    return {k: str(Path(directory) / f) for k, f in
             [("weights", "weights.pt"), ("arch", "arch.json"), ("preprocess", "preprocess.json")]}
 
 
 class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper; the same object answers batch scoring and Serve, so both give identical numbers."""
+    """pyfunc wrapper; the same object answers batch scoring and Serve, so both give identical numbers.
+
+    Output columns: ``popularity`` (0-100), ``popularity_lower`` and ``popularity_upper`` (the split
+    conformal interval), ``class`` (low/medium/high) and, when the 3-class MusicPopNet was trained,
+    ``p_low``, ``p_medium``, ``p_high``; ``class`` is then that network's most probable class, otherwise the
+    class of the predicted popularity.
+    """
+
+    def __init__(self, net: HitMusicNet | None = None, pre: Preprocessor | None = None,
+                 meta: ModelMeta | None = None):
+        self.net, self.pre, self.meta = net, pre, meta
 
     def load_context(self, context):
-        arch = json.loads(Path(context.artifacts["arch"]).read_text())
-        self.pre = Preprocessor.from_json(Path(context.artifacts["preprocess"]).read_text())
-        self.net = HitMusicNet(arch["d"], arch["delta"], arch["dropout"])
-        self.net.load_state_dict(torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True))
-        self.net.eval()
+        self.net, self.pre, self.meta = load_bundle(context.artifacts)
 
     @property
     def columns(self) -> list[str]:
@@ -92,4 +178,14 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
         X = torch.from_numpy(self.pre.transform(model_input))
         with torch.inference_mode():
             pop = self.net(X)[:, 0].numpy().astype(np.float64) * 100.0
-        return pd.DataFrame({"popularity": pop, "class": popularity_class(pop)})
+            proba = torch.softmax(self.net.class_logits(X), 1).numpy().astype(np.float64) \
+                if self.net.cls is not None else None
+        out = {"popularity": pop}
+        if self.meta.conformal is not None:
+            out["popularity_lower"], out["popularity_upper"] = SplitConformal(**self.meta.conformal).interval(pop)
+        if proba is not None:
+            out["class"] = np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(1)]
+            out.update({f"p_{name}": proba[:, i] for i, name in enumerate(CLASS_NAMES)})
+        else:
+            out["class"] = popularity_class(pop, tuple(self.meta.thresholds))
+        return pd.DataFrame(out)

@@ -140,9 +140,17 @@ def score_batch(batch: pd.DataFrame, ref: ModelRef, tracking_uri: str | None, sc
     key = (ref.uri, tracking_uri)
     if key not in _MODELS:
         _MODELS[key] = load_model(ref, tracking_uri)
+    model = _MODELS[key]
     if extract is not None:
         batch = extract_features(batch, extract)
-    return score_frame(_MODELS[key], ref, batch, schema)
+        # metadata a manifest does not carry is imputed by the model (training medians), as documented
+        for c in model.unwrap_python_model().columns:
+            if c not in batch:
+                batch[c] = np.nan
+    # integer columns (CSV, JSON) must reach the model as the double its signature declares
+    ints = [c for c in batch.columns if pd.api.types.is_integer_dtype(batch[c]) or pd.api.types.is_bool_dtype(batch[c])]
+    batch[ints] = batch[ints].astype("float64")
+    return score_frame(model, ref, batch, schema)
 
 
 def input_columns(uri: str) -> list[str]:

@@ -1,0 +1,157 @@
+"""Evaluate HitMusicNet as the paper does: stratified k-fold CV of its named configurations next to the
+classical baselines, with a report (Markdown + PNG plots) also logged to an MLflow run.
+
+    python -m pipelines.evaluate SOURCE [--out DIR] [--configs 1-A,1-B,2-B,3-C] [--folds 5] [--json]
+    hitmusic evaluate .hitmusic/model_table.parquet          # the table hitmusic build wrote
+    hitmusic evaluate /data/SpotGenTrack --out spd-report     # the real SPD download: the paper's experiment
+
+SOURCE is a model table (Parquet, as ``hitmusic build`` writes it) or an SPD directory whose
+"Features Extracted/" folder holds the published low_level_audio_features.csv and lyrics_features.csv (joined
+with "Data Sources/" for metadata and popularity; no audio is extracted).
+
+Procedure: 20 % of the rows are held out as the test set (stratified on popularity); the rest is split into
+k stratified folds; each configuration (``1-A`` ... ``3-D``: δ 1/5, 1/4, 1/7 by model; A Adadelta + Glorot
+uniform, B Adam + Glorot uniform, C Adadelta + He normal, D Adam + He normal) and each baseline (MLR, MLR +
+Lasso, LDA and MLP on 2 classes, HistGradientBoosting) is fitted on the same folds with scaling fitted on the
+training folds only. The report gives validation metrics averaged over the folds, and the held-out test
+metrics of every fold's model averaged, next to the published figures. ``--json`` prints the averaged
+metrics as JSON on stdout (progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from hitmodels.baselines import LABELS
+from hitmodels.cli import module_main
+from hitmodels.config import PAPER_CONFIGS, EvaluateConfig, TrainConfig, default_home
+from hitmodels.config import tracking_uri as resolve_tracking_uri
+
+
+def load_source(source: Path, spotify_descriptors: bool = True) -> pd.DataFrame:
+    """A model table from a Parquet file or from an SPD directory's "Features Extracted/" folder."""
+    from hitmodels.spd_features import has_spd_features, load_spd_model_table
+
+    if source.is_dir() and has_spd_features(source):
+        table, rejects = load_spd_model_table(source, spotify_descriptors)
+        for r in rejects.itertuples():
+            print(f"evaluate: skipped {r.file} line {r.line}: {r.reason}", file=sys.stderr)
+        return table
+    if source.is_dir() and not list(source.glob("*.parquet")):
+        raise FileNotFoundError(f"{source} is neither a Parquet model table nor an SPD directory with "
+                                f"'Features Extracted/low_level_audio_features.csv'")
+    return pd.read_parquet(source)
+
+
+def _names(text: str, allowed, what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {', '.join(allowed)}")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d, e = TrainConfig(), EvaluateConfig()
+    p.add_argument("source", type=Path, help="model table (Parquet) or SPD directory with 'Features Extracted/'")
+    p.add_argument("--out", type=Path, default=None, help="report directory (default $HITMUSIC_HOME/report)")
+    p.add_argument("--configs", default=",".join(e.configs),
+                   help=f"paper configurations to run (default {','.join(e.configs)}; any of "
+                        f"{', '.join(PAPER_CONFIGS)})")
+    p.add_argument("--baselines", default=",".join(e.baselines),
+                   help=f"baselines to run, '' for none (default {','.join(e.baselines)})")
+    p.add_argument("--folds", type=int, default=e.n_folds, help=f"CV folds (default {e.n_folds})")
+    p.add_argument("--epochs", type=int, default=d.mlp_epochs,
+                   help=f"maximum epochs for the autoencoder and each MLP (default {d.mlp_epochs})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
+    p.add_argument("--class-scheme", choices=["fixed", "quartiles"], default=d.class_scheme,
+                   help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
+    p.add_argument("--coverage", type=float, default=d.coverage,
+                   help=f"conformal interval coverage (default {d.coverage})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--max-rows", type=int, default=None, help="evaluate a random sample of this many rows")
+    p.add_argument("--no-spotify-descriptors", action="store_true",
+                   help="SPD directory only: leave out Spotify's acousticness, danceability, ... columns")
+    p.add_argument("--json", action="store_true", help="print the averaged metrics as JSON on stdout")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the evaluation to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--experiment", default=e.experiment, help=f"MLflow experiment (default {e.experiment})")
+
+
+def _metric_name(model: str, split: str, metric: str) -> str:
+    return f"{re.sub(r'[^0-9A-Za-z_.-]+', '_', model).strip('_')}.{split}_{metric}"
+
+
+def reachable(uri: str, timeout_s: float = 3.0) -> bool:
+    """Whether an http(s) tracking server answers (other URIs, files and databases, always count)."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def log_to_mlflow(result, report: Path, args: argparse.Namespace) -> str | None:
+    """Log parameters, averaged metrics and the report directory; ``None`` (and a warning) when the
+    tracking server is down, since the report on disk is the evaluation's main product."""
+    import mlflow
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if not reachable(uri):
+        print(f"evaluate: MLflow at {uri} does not answer (start it with 'hitmusic up'); report not logged",
+              file=sys.stderr)
+        return None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(args.experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_params({"source": str(args.source), "configs": args.configs, "baselines": args.baselines,
+                           "folds": args.folds, "epochs": args.epochs, "class_scheme": args.class_scheme,
+                           "coverage": args.coverage, "seed": args.seed, "n_rows": result.n_rows,
+                           "n_features": result.n_features, "n_test": result.n_test})
+        mlflow.log_metrics({_metric_name(m, s, k): v for m, splits in result.means().items()
+                            for s, metrics in splits.items() for k, v in metrics.items()})
+        mlflow.log_artifacts(str(report.parent), artifact_path="report")
+        return run.info.run_id
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    from hitmodels.report import PUBLISHED, write_report
+    from hitmodels.train import cross_validate
+
+    configs = _names(args.configs, PAPER_CONFIGS, "configuration")
+    baselines = _names(args.baselines, list(LABELS), "baseline")
+    base = TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs, patience=args.patience,
+                       class_scheme=args.class_scheme, coverage=args.coverage, seed=args.seed)
+    ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
+                   experiment=args.experiment)
+    table = load_source(args.source, not args.no_spotify_descriptors)
+    if args.max_rows and len(table) > args.max_rows:
+        table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
+    result = cross_validate(table, base, ecfg, progress=lambda msg: print(f"evaluate: {msg}", file=sys.stderr))
+    home = Path(args.home) if getattr(args, "home", None) else default_home()
+    report = write_report(result, args.out or home / "report")
+    run_id = None if args.no_mlflow else log_to_mlflow(result, report, args)
+    print(f"evaluate: report -> {report}" + (f" (MLflow run {run_id})" if run_id else ""), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"n_rows": result.n_rows, "n_features": result.n_features, "n_test": result.n_test,
+                          "folds": args.folds, "thresholds": list(result.thresholds), "report": str(report),
+                          "mlflow_run_id": run_id, "models": result.means(), "published": PUBLISHED}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return module_main(__doc__, "python -m pipelines.evaluate", add_arguments, main_from_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
