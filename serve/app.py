@@ -231,7 +231,9 @@ class HitMusicService:
     async def _predict_batched(self, frames: list[pd.DataFrame]) -> list[tuple[Served, pd.DataFrame]]:
         served = self.holder.served  # one version for the whole batch
         sizes = [len(f) for f in frames]
-        out = served.model.predict(pd.concat(frames, ignore_index=True))
+        # Rows were validated and cast to float64 by validate_rows: MLflow's per-call schema enforcement over
+        # every column would only repeat that on the hot path, so the Python model is called directly.
+        out = served.model.unwrap_python_model().predict(None, pd.concat(frames, ignore_index=True))
         bounds = np.cumsum([0] + sizes)
         return [(served, out.iloc[a:b].reset_index(drop=True)) for a, b in zip(bounds[:-1], bounds[1:])]
 
