@@ -114,7 +114,8 @@ def test_model_learns_the_hidden_popularity(pipeline):
 def test_cli_help_is_complete():
     out = subprocess.run([sys.executable, "-m", "hitmodels.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
-    for cmd in ["up", "down", "synth", "extract", "build", "train", "promote", "serve", "score", "demo"]:
+    for cmd in ["up", "down", "synth", "extract", "build", "train", "evaluate", "tune", "promote", "rollback", "serve",
+                "score", "demo"]:
         assert cmd in out.stdout
     sub = subprocess.run([sys.executable, "-m", "hitmodels.cli", "score", "--help"], capture_output=True, text=True)
     assert "--version" in sub.stdout and "rows in = rows out" in sub.stdout
