@@ -194,7 +194,6 @@ class ServiceConfig:
     def tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI", f"http://{self.host}:{self.mlflow_port}")
 
-
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"

@@ -177,8 +177,10 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         X = torch.from_numpy(self.pre.transform(model_input))
         with torch.inference_mode():
-            pop = self.net(X)[:, 0].numpy().astype(np.float64) * 100.0
-            proba = torch.softmax(self.net.class_logits(X), 1).numpy().astype(np.float64) \
+            # one encoder pass feeds both heads: the encoder is most of the model's arithmetic
+            code = self.net.code(X)
+            pop = self.net.pop(code)[:, 0].numpy().astype(np.float64) * 100.0
+            proba = torch.softmax(self.net.cls(code), 1).numpy().astype(np.float64) \
                 if self.net.cls is not None else None
         out = {"popularity": pop}
         if self.meta.conformal is not None:
