@@ -1,17 +1,19 @@
-"""The peer of the Serve app in ``bench_online.py``: the same model and validation in one plain FastAPI
-process under uvicorn, no Ray. ``BENCH_MODEL`` names the model URI."""
+"""The peer of the Serve app in ``bench_online.py``: the same model, parsing, validation and encoding in one
+plain FastAPI process under uvicorn, no Ray, no batching. ``BENCH_MODEL`` names the model URI."""
 
 from __future__ import annotations
 
 import os
 
 import mlflow
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Request, Response
 
-from serve.app import PredictRequest, validate_rows
+from serve.app import parse_rows, validate_rows
 
 model = mlflow.pyfunc.load_model(os.environ.get("BENCH_MODEL", "models:/hitmusicnet@champion"))
-columns = model.unwrap_python_model().columns
+python_model = model.unwrap_python_model()  # the same direct call as the Serve app
+columns = python_model.columns
 app = FastAPI()
 
 
@@ -21,7 +23,9 @@ def health() -> dict:
 
 
 @app.post("/predict")
-def predict(req: PredictRequest) -> dict:
-    df = validate_rows(req.rows, columns, 1024)
-    out = model.predict(df)
-    return {"predictions": out.to_dict(orient="records")}
+async def predict(request: Request) -> Response:
+    rows = validate_rows(parse_rows(await request.body()), columns, 1024)
+    out = {k: v.tolist() for k, v in python_model.predict_array(rows.X).items()}
+    return Response(orjson.dumps({"predictions": [{"track_id": t, **{k: out[k][i] for k in out}}
+                                                  for i, t in enumerate(rows.track_ids)]}),
+                    media_type="application/json")

@@ -86,8 +86,9 @@ def test_metrics_against_hand_computed_values():
 
 def test_validate_rows_names_row_and_field():
     cols = ["a", "b"]
-    df = validate_rows([{"a": 1, "b": 2.5, "track_id": "x"}], cols)
-    assert list(df.columns) == ["a", "b", "track_id"]
+    rows = validate_rows([{"b": 2.5, "a": 1, "track_id": "x"}, {"a": 3.0, "b": 4}], cols)
+    assert rows.X.tolist() == [[1.0, 2.5], [3.0, 4.0]] and rows.X.dtype == np.float64
+    assert rows.track_ids == ["x", None]
     with pytest.raises(HTTPException) as e:
         validate_rows([{"a": 1, "b": 2}, {"a": float("nan"), "b": True, "c": 1}, {"a": "1"}], cols)
     detail = {tuple(d["loc"]): d["msg"] for d in e.value.detail}

@@ -4,37 +4,48 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from hitmodels.config import TrainConfig
 from hitmodels.registry import ModelRef
-from pipelines.score import output_schema, score_frame
+from pipelines.score import feature_matrix, output_schema, score_table
 from tables import random_table
 
 MODEL = "score-test"
 
 
-class FussyModel:
-    """Stands in for a pyfunc model in unit tests: refuses negative inputs, like a real validation error."""
+def fussy_predict(X: np.ndarray) -> dict[str, np.ndarray]:
+    """Stands in for a model in unit tests: refuses negative inputs, like a real validation error."""
+    x = X[:, 0].astype(np.float64)
+    if (x < 0).any():
+        raise ValueError("negative x")
+    return {"popularity": x * 10.0, "class": np.array(["low"] * len(x), dtype=object),
+            "popularity_lower": x * 10.0 - 5}
 
-    def predict(self, df):
-        if (df["x"] < 0).any():
-            raise ValueError("negative x")
-        return pd.DataFrame({"popularity": df["x"] * 10.0, "class": ["low"] * len(df),
-                             "popularity_lower": df["x"] * 10.0 - 5})
 
-
-def test_score_frame_keeps_every_row_with_a_reason():
-    batch = pd.DataFrame({"track_id": ["a", "b", "c", "d"], "x": [1.0, -1.0, 3.0, np.nan],
-                          "error": [None, None, None, "missing: file not found"]})
+def test_score_table_keeps_every_row_with_a_reason():
+    batch = pa.table({"track_id": ["a", "b", "c", "d", "e", "f"], "x": ["1", "-1", "3", None, "1e1", "loud"],
+                      "error": [None, None, None, "missing: file not found", None, None]})
     schema = output_schema(["popularity", "class", "popularity_lower"])
-    out = score_frame(FussyModel(), ModelRef("m", "7"), batch, schema).to_pandas()
-    assert out["track_id"].tolist() == ["a", "b", "c", "d"]
+    out = score_table(fussy_predict, ["x"], ModelRef("m", "7"), batch, schema).to_pandas()
+    assert out["track_id"].tolist() == ["a", "b", "c", "d", "e", "f"]
     assert out["popularity"].tolist()[0] == 10.0 and out["popularity"].tolist()[2] == 30.0
+    assert out["popularity"][4] == 100.0 and out["class"][4] == "low"
     assert out["popularity_lower"].tolist()[2] == 25.0
-    assert np.isnan(out["popularity"][1]) and "negative x" in out["error"][1]
+    assert np.isnan(out["popularity"][1]) and "negative x" in out["error"][1] and pd.isna(out["class"][1])
     assert np.isnan(out["popularity"][3]) and out["error"][3] == "features: missing: file not found"
-    assert (out["model_version"] == "7").all() and out["error"][[0, 2]].isna().all()
+    assert np.isnan(out["popularity"][5]) and out["error"][5] == "value: x is not a number: 'loud'"
+    assert (out["model_version"] == "7").all() and out["error"][[0, 2, 4]].isna().all()
+
+
+def test_feature_matrix_reads_numbers_nulls_and_integers_from_arrow():
+    batch = pa.table({"a": pa.array([1, None, 3], pa.int64()), "b": [0.5, float("nan"), None],
+                      "c": [True, False, None]})
+    X, errors = feature_matrix(batch, ["b", "a", "c"])
+    assert X.dtype == np.float32 and X.shape == (3, 3) and errors == [None] * 3
+    np.testing.assert_array_equal(X[0], [0.5, 1.0, 1.0])
+    assert np.isnan(X[1, :2]).all() and X[1, 2] == 0 and np.isnan(X[2, [0, 2]]).all() and X[2, 1] == 3
 
 
 @pytest.fixture(scope="module")
