@@ -205,8 +205,8 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
         with torch.inference_mode():
             for a in range(0, n, chunk_rows):
                 x = X[a:a + chunk_rows]
-                x = torch.from_numpy(np.ascontiguousarray(x if scaled else self.pre.transform_array(x),
-                                                          dtype=np.float32))
+                # column-major input (as the batch job builds it) stays so: BLAS reads it transposed
+                x = torch.from_numpy(np.asarray(x if scaled else self.pre.transform_array(x), dtype=np.float32))
                 # one encoder pass feeds both heads: the encoder is most of the model's arithmetic
                 code = self.net.code(x)
                 pop[a:a + chunk_rows] = self.net.pop(code)[:, 0].numpy()
