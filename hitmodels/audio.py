@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import librosa
 import numpy as np
@@ -300,6 +301,30 @@ def energy_entropy(y: np.ndarray, frame_length: int, hop_length: int, n_blocks: 
 # ---- constant-Q: tuning, transform, chroma, tonnetz -------------------------------------------------------
 
 
+def tuning_band(sr: int, n_fft: int, fmin: float = 150.0, fmax: float = 4000.0) -> tuple[int, int, int, int] | None:
+    """Rows ``(lo, hi, first, last)`` of a ``(1 + n_fft // 2, n_frames)`` spectrogram that the tuning estimate
+    reads: ``[lo, hi)`` holds the bins in [fmin, fmax) (``first`` to ``last`` inclusive) plus one neighbour
+    each side for the parabolic interpolation; None when no bin is in range."""
+    fft_freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
+    in_range = np.flatnonzero((max(fmin, 0) <= fft_freqs) & (fft_freqs < min(fmax, sr / 2)))
+    if in_range.size == 0:
+        return None
+    first, last = int(in_range[0]), int(in_range[-1])
+    return max(first - 1, 0), min(last + 2, len(fft_freqs)), first, last
+
+
+def tuning_from_peaks(pitch: np.ndarray, mag: np.ndarray, bins_per_octave: int = 12,
+                      resolution: float = 0.01) -> float:
+    """Tuning offset in fractions of a bin from the spectral peaks' interpolated frequencies ``pitch`` (Hz)
+    and heights ``mag``, both ``(n_peaks,)`` float32: ``librosa.estimate_tuning``'s median cut and histogram."""
+    positive = pitch > 0
+    if not positive.any():
+        return 0.0
+    cutoff = np.median(mag[positive])
+    return float(librosa.pitch_tuning(pitch[(mag >= cutoff) & positive], resolution=resolution,
+                                      bins_per_octave=bins_per_octave))
+
+
 def estimate_tuning(S: np.ndarray, sr: int, bins_per_octave: int = 12, fmin: float = 150.0, fmax: float = 4000.0,
                     threshold: float = 0.1, resolution: float = 0.01) -> float:
     """Tuning offset in fractions of a bin, from a Hann magnitude spectrogram ``(1 + n_fft // 2, n_frames)``:
@@ -309,16 +334,15 @@ def estimate_tuning(S: np.ndarray, sr: int, bins_per_octave: int = 12, fmin: flo
     spectrum and then discards the rest); the per-frame peak threshold still uses the full-band maximum.
     """
     n_fft = 2 * (S.shape[0] - 1)
-    fft_freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
-    in_range = np.flatnonzero((max(fmin, 0) <= fft_freqs) & (fft_freqs < min(fmax, sr / 2)))
-    if in_range.size == 0:
+    band = tuning_band(sr, n_fft, fmin, fmax)
+    if band is None:
         return 0.0
-    lo, hi = max(int(in_range[0]) - 1, 0), min(int(in_range[-1]) + 2, S.shape[0])
+    lo, hi, first, last = band
     x = S[lo:hi]
     xt = x * (x > threshold * S.max(axis=0))
     peak = (xt[1:-1] > xt[:-2]) & (xt[1:-1] >= xt[2:])
     bins = np.arange(lo + 1, hi - 1)
-    peak[(bins < in_range[0]) | (bins > in_range[-1])] = False
+    peak[(bins < first) | (bins > last)] = False
     k, t = np.nonzero(peak)
     # parabolic interpolation at the peaks only (librosa's stencil runs it over every bin)
     left, mid, right = x[k, t], x[k + 1, t], x[k + 2, t]
@@ -328,12 +352,7 @@ def estimate_tuning(S: np.ndarray, sr: int, bins_per_octave: int = 12, fmin: flo
         shift = np.where(np.abs(b) >= np.abs(a), 0, -b / a).astype(np.float32)
     pitch = ((bins[k] + shift) * float(sr) / n_fft).astype(np.float32)
     mag = mid + np.float32(0.5) * b * shift  # the interpolated peak height
-    positive = pitch > 0
-    if not positive.any():
-        return 0.0
-    cutoff = np.median(mag[positive])
-    return float(librosa.pitch_tuning(pitch[(mag >= cutoff) & positive], resolution=resolution,
-                                      bins_per_octave=bins_per_octave))
+    return tuning_from_peaks(pitch, mag, bins_per_octave, resolution)
 
 
 def _relative_bandwidth(freqs: np.ndarray) -> np.ndarray:
@@ -415,13 +434,39 @@ def _downsample(y: np.ndarray, factor: int, res_type: str) -> np.ndarray:
     return np.asarray(y_hat, dtype=y.dtype)
 
 
-def cqt_magnitude(y: np.ndarray, sr: int, hop_length: int = 512, fmin: float | None = None, n_bins: int = 84,
-                  bins_per_octave: int = 12, tuning: float = 0.0, window: str = "hann", filter_scale: float = 1.0,
-                  norm: float = 1.0, sparsity: float = 0.01, res_type: str = "soxr_hq") -> np.ndarray:
-    """|CQT| ``(n_bins, n_frames)`` float32: ``np.abs(librosa.cqt(...))`` computed the same way (recursive
-    octave downsampling with the same resampler, the same sparsified filters, the same scaling), with each
-    octave's filter response taken as a matrix product of the frames with cached time-domain kernels.
-    Returned as a transposed view of a frames-major array."""
+class CqtOctave(NamedTuple):
+    """One octave of a :class:`CqtPlan`: the filters ``kernel (n_fft, 2 * m)`` (from :func:`_cqt_kernel`) run
+    over pyramid level ``level`` with hop ``hop`` samples of that level; their top ``hi - lo`` filters give CQT
+    bins ``[lo, hi)`` (a partial bottom octave keeps its highest ones)."""
+
+    level: int
+    hop: int
+    kernel: np.ndarray
+    lo: int
+    hi: int
+
+
+class CqtPlan(NamedTuple):
+    """How :func:`cqt_magnitude` computes one CQT, signal aside: ``early`` is the early downsampling factor
+    (1: none), ``octaves`` run top octave first as librosa does, ``scale (n_bins,)`` float32 is each bin's
+    final gain (octave resampling over the square root of the filter length)."""
+
+    early: int
+    octaves: tuple[CqtOctave, ...]
+    scale: np.ndarray
+
+    @property
+    def n_levels(self) -> int:
+        """Signals the pyramid holds: the (early-downsampled) input, then one per halving."""
+        return 1 + max(o.level for o in self.octaves)
+
+
+@lru_cache(maxsize=64)  # one per tuning value, like _cqt_kernel's entries that it holds
+def cqt_plan(sr: int, hop_length: int = 512, fmin: float | None = None, n_bins: int = 84, bins_per_octave: int = 12,
+             tuning: float = 0.0, window: str = "hann", filter_scale: float = 1.0, norm: float = 1.0,
+             sparsity: float = 0.01) -> CqtPlan:
+    """The :class:`CqtPlan` of ``librosa.cqt`` with these settings: librosa's filters, early downsampling and
+    octave recursion. Its arrays are shared between calls and read-only."""
     fmin = librosa.note_to_hz("C1") if fmin is None else fmin
     n_octaves = int(np.ceil(float(n_bins) / bins_per_octave))
     n_filters = min(bins_per_octave, n_bins)
@@ -436,39 +481,63 @@ def cqt_magnitude(y: np.ndarray, sr: int, hop_length: int = 512, fmin: float | N
     two_factors = (hop_length & -hop_length).bit_length() - 1
     n_early = min(max(0, int(np.ceil(np.log2(sr / 2 / cutoff)) - 1) - 1), max(0, two_factors - n_octaves + 1))
     if n_early > 0:
-        factor = 2**n_early
-        y = _downsample(y, factor, res_type)
-        sr, hop_length = sr / factor, hop_length // factor
+        sr, hop_length = sr / 2**n_early, hop_length // 2**n_early
         lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, window=window,
                                                      filter_scale=filter_scale, gamma=0, alpha=alpha)
-    # Magnitudes go straight into a frames-major buffer, top octave in the last columns as librosa stacks
-    # them; the per-bin scale (octave resampling and filter length) is one multiply at the end.
-    n_frames = 1 + len(y) // hop_length
-    out = np.zeros((n_frames, n_bins), dtype=np.float32)
     gain = np.empty(n_bins)
-    n_cols, end = n_frames, n_bins
-    my_y, my_sr, my_hop = y, float(sr), hop_length
+    octaves = []
+    end, level, my_sr, my_hop = n_bins, 0, float(sr), hop_length
     for i in range(n_octaves):
         sl = slice(-n_filters, None) if i == 0 else slice(-n_filters * (i + 1), -n_filters * i)
         rel = tuple(np.round(freqs[sl] / my_sr, 14))
         W = _cqt_kernel(rel, tuple(np.round(alpha[sl], 14)), window, float(filter_scale), float(norm),
                         float(sparsity))
-        n_fft, m = W.shape[0], W.shape[1] // 2
-        padded = np.pad(my_y, n_fft // 2, mode="constant")
-        r = framed_dot(padded, W, my_hop, 1 + (len(padded) - n_fft) // my_hop)
-        n_cols = min(n_cols, len(r))
-        keep = min(m, end)  # a partial bottom octave keeps its highest bins
-        lo = end - keep
-        re, im = r[:n_cols, m - keep:m], r[:n_cols, 2 * m - keep:]
-        out[:n_cols, lo:end] = np.sqrt(re * re + im * im)
+        lo = end - min(W.shape[1] // 2, end)
+        octaves.append(CqtOctave(level, my_hop, W, lo, end))
         gain[lo:end] = np.sqrt(sr / my_sr)
         end = lo
         if my_hop % 2 == 0 and i < n_octaves - 1:
-            my_hop //= 2
-            my_sr /= 2.0
-            my_y = _downsample(my_y, 2, res_type)
+            level, my_hop, my_sr = level + 1, my_hop // 2, my_sr / 2.0
+    scale = (gain / np.sqrt(lengths)).astype(np.float32)
+    scale.flags.writeable = False
+    return CqtPlan(2**n_early, tuple(octaves), scale)
+
+
+def cqt_pyramid(y: np.ndarray, plan: CqtPlan, res_type: str = "soxr_hq") -> list[np.ndarray]:
+    """The signals ``plan``'s octaves read, ``(n_samples_level,)`` each: ``y`` early-downsampled, then halved
+    ``plan.n_levels - 1`` times, with librosa's resampler."""
+    levels = [_downsample(y, plan.early, res_type) if plan.early > 1 else y]
+    while len(levels) < plan.n_levels:
+        levels.append(_downsample(levels[-1], 2, res_type))
+    return levels
+
+
+def cqt_magnitude(y: np.ndarray, sr: int, hop_length: int = 512, fmin: float | None = None, n_bins: int = 84,
+                  bins_per_octave: int = 12, tuning: float = 0.0, window: str = "hann", filter_scale: float = 1.0,
+                  norm: float = 1.0, sparsity: float = 0.01, res_type: str = "soxr_hq") -> np.ndarray:
+    """|CQT| ``(n_bins, n_frames)`` float32: ``np.abs(librosa.cqt(...))`` computed the same way (recursive
+    octave downsampling with the same resampler, the same sparsified filters, the same scaling), with each
+    octave's filter response taken as a matrix product of the frames with cached time-domain kernels.
+    Returned as a transposed view of a frames-major array."""
+    plan = cqt_plan(int(sr), hop_length, fmin, n_bins, bins_per_octave, float(tuning), window, float(filter_scale),
+                    float(norm), float(sparsity))
+    levels = cqt_pyramid(y, plan, res_type)
+    # Magnitudes go straight into a frames-major buffer, top octave in the last columns as librosa stacks
+    # them; the per-bin scale (octave resampling and filter length) is one multiply at the end.
+    n_frames = 1 + len(levels[0]) // plan.octaves[0].hop
+    out = np.zeros((n_frames, n_bins), dtype=np.float32)
+    n_cols = n_frames
+    for octave in plan.octaves:
+        W = octave.kernel
+        n_fft, m = W.shape[0], W.shape[1] // 2
+        padded = np.pad(levels[octave.level], n_fft // 2, mode="constant")
+        r = framed_dot(padded, W, octave.hop, 1 + (len(padded) - n_fft) // octave.hop)
+        n_cols = min(n_cols, len(r))
+        keep = octave.hi - octave.lo
+        re, im = r[:n_cols, m - keep:m], r[:n_cols, 2 * m - keep:]
+        out[:n_cols, octave.lo:octave.hi] = np.sqrt(re * re + im * im)
     C = out[:n_cols]
-    C *= (gain / np.sqrt(lengths)).astype(np.float32)
+    C *= plan.scale
     return C.T
 
 

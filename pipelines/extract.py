@@ -9,6 +9,14 @@ the job: their rows carry an ``error`` and null features (rows in = rows out), a
 printed at the end. Re-running into the same OUT_DIR skips tracks already there, so the job resumes; a part
 file left unreadable by an interrupted run is moved to ``OUT_DIR/_quarantine/`` and its tracks are done again.
 
+Where the Ray cluster has GPUs (``--device auto``, the default) the audio features are computed by the batched
+PyTorch extractor (:mod:`hitmodels.audio_torch`) in a pool of GPU actors: CPU tasks first fetch, decode and
+check each preview and compute its lyric features (so bad input gives exactly the CPU path's rows and
+reasons), then each actor computes the audio features of a batch of clips at once. ``--device cpu`` keeps
+the per-clip NumPy path everywhere; ``--device torch`` forces the torch path, on a CPU actor where there is no
+GPU (for testing it). Where torch on the GPU workers cannot use CUDA (the CPU build of torch that
+constraints.txt pins), ``auto`` says so and keeps the CPU path.
+
 S3 settings in the driver's environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, region, credentials)
 travel to the extraction tasks in their runtime environment, so workers started before, or on other nodes,
 read from the same store.
@@ -22,11 +30,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from hitmodels import features
+from hitmodels import audio, features, lyrics
 from hitmodels.config import FeatureConfig
 from hitmodels.data import read_manifest
 from hitmodels.services import init_ray
@@ -40,6 +50,136 @@ def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig):
     rows = [features.extract_row(t, u, lyr, cfg)
             for t, u, lyr in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])]
     return features.rows_to_table(rows, cfg)
+
+
+# ---- the torch path: decode per clip on CPU tasks, then audio features per batch in actors ------------------
+
+# What decode_batch hands the actors: a row per track, the samples of the ones that decoded and passed
+# audio.check_usable, the lyric features or the lyric error. large_binary: a block of 30 s clips at 44.1 kHz
+# passes 2 GiB at ~400 tracks.
+DECODED_SCHEMA = pa.schema([("track_id", pa.string()), ("error", pa.string()), ("lyric_error", pa.string()),
+                            ("sr", pa.int64()), ("pcm", pa.large_binary())]
+                           + [(n, pa.float64()) for n in lyrics.FEATURE_NAMES])
+# Torch actors per GPU: each also does CPU work per clip (the CQT's resampling, ~25 ms, and the statistics),
+# which one actor would do while its GPU waits.
+ACTORS_PER_GPU = 4
+
+
+def _internal(exc: Exception) -> str:
+    """``extract_row``'s error text for an exception: an AudioError's own, anything else as ``internal``."""
+    return str(exc) if isinstance(exc, audio.AudioError) else f"internal: {type(exc).__name__}: {exc}"
+
+
+def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig) -> pa.Table:
+    """Ray Data task of the torch path: what :func:`hitmodels.features.extract_row` does per track before
+    and after the audio features (fetch, decode, check, lyric features), with the same errors, as a
+    :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
+    rows = []
+    for track_id, uri, text in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"]):
+        row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None}
+        try:
+            # a manifest read by pandas gives None or NaN where the URI is missing
+            y, sr = audio.load(uri if isinstance(uri, str) else "", cfg)
+            row.update(sr=int(sr), pcm=np.ascontiguousarray(y, dtype=np.float32).tobytes())
+        except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
+            row["error"] = _internal(exc)
+        if row["error"] is None:
+            try:  # extract_row computes these after the audio features: a failure only counts if they pass
+                row.update(lyrics.lyric_features(text if isinstance(text, str) else None))
+            except Exception as exc:
+                row["lyric_error"] = _internal(exc)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+
+
+def _clip_features(clips: list[np.ndarray], sr: int, cfg: FeatureConfig, device: str) -> list[dict | str]:
+    """Audio features of same-rate clips as one torch batch, or per clip an error string. A batch that raises
+    (a bug, a clip too long for the GPU's memory) is redone clip by clip with the NumPy path, so each clip
+    gets exactly what the CPU path gives it, features or error."""
+    from hitmodels import audio_torch
+
+    try:
+        return audio_torch.audio_features_batch(clips, sr, cfg, device)
+    except Exception as exc:
+        print(f"extract: torch batch of {len(clips)} failed ({type(exc).__name__}: {exc}); redoing it per clip "
+              "on the CPU", file=sys.stderr)
+    out: list[dict | str] = []
+    for y in clips:
+        try:
+            out.append(audio.audio_features(y, sr, cfg))
+        except Exception as exc:
+            out.append(_internal(exc))
+    return out
+
+
+def feature_rows(decoded: pd.DataFrame, cfg: FeatureConfig, device: str) -> list[dict]:
+    """Rows as :func:`hitmodels.features.extract_row` gives them, from :func:`decode_batch`'s rows: audio
+    features batched per sample rate on ``device``, errors in ``extract_row``'s order (load, then audio
+    features, then lyrics)."""
+    decoded = decoded.reset_index(drop=True)
+    audio_out: dict[int, dict | str] = {}
+    ok = decoded.index[decoded["error"].isna()]
+    for sr, idx in decoded.loc[ok].groupby("sr").groups.items():
+        clips = [np.frombuffer(decoded.at[i, "pcm"], dtype=np.float32) for i in idx]
+        audio_out.update(zip(idx, _clip_features(clips, int(sr), cfg, device)))
+    rows = []
+    for i, r in decoded.iterrows():
+        row = {"track_id": r["track_id"], "error": r["error"] if isinstance(r["error"], str) else None}
+        result = audio_out.get(i)
+        if row["error"] is None:
+            if isinstance(result, str):
+                row["error"] = result
+            elif isinstance(r["lyric_error"], str):
+                row["error"] = r["lyric_error"]
+            else:
+                row.update(result)
+                row.update({n: float(r[n]) for n in lyrics.FEATURE_NAMES})
+        if row["error"] is not None:
+            row.update({n: None for n in features.feature_names(cfg)})
+        rows.append(row)
+    return rows
+
+
+class TorchFeatures:
+    """Ray Data actor of the torch path: :func:`feature_rows` over a batch of :func:`decode_batch`'s rows, as
+    one Arrow table with the fixed feature schema. An actor, unlike the CPU path's tasks, so the CUDA
+    context, the filter banks and the CQT kernels on the device are made once, not per batch."""
+
+    def __init__(self, cfg: FeatureConfig, device: str):
+        import torch
+
+        self.cfg, self.device = cfg, device
+        if device == "cpu":
+            torch.set_num_threads(1)  # the actor holds one CPU
+
+    def __call__(self, batch: pd.DataFrame) -> pa.Table:
+        return features.rows_to_table(feature_rows(batch, self.cfg, self.device), self.cfg)
+
+
+def use_torch(device: str, n_gpus: float) -> bool:
+    """Whether ``--device`` picks the torch path on a cluster with ``n_gpus`` GPUs."""
+    if device not in ("auto", "cpu", "torch"):
+        raise ValueError(f"device must be auto, cpu or torch, not {device!r}")
+    return device == "torch" or (device == "auto" and n_gpus >= 1)
+
+
+def gpu_workers_have_cuda(timeout_s: float = 120.0) -> bool:
+    """Whether torch in a Ray worker holding a GPU can use it: a CPU build of torch (what constraints.txt
+    pins) sees none. False too when no GPU frees up within ``timeout_s``."""
+    import ray
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    ref = probe.remote()
+    try:
+        return bool(ray.get(ref, timeout=timeout_s))
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return False
 
 
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
@@ -96,8 +236,11 @@ def _task_env(uris: pd.Series) -> dict:
 
 
 def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureConfig(),
-        batch_size: int = 4, block_size: int = 64) -> Counter:
-    """Extract features for every track of ``manifest`` not yet in ``out_dir``; returns counts per outcome."""
+        batch_size: int = 4, block_size: int = 64, device: str = "auto", torch_batch_size: int = 16) -> Counter:
+    """Extract features for every track of ``manifest`` not yet in ``out_dir``; returns counts per outcome.
+
+    ``device``: ``auto`` (the torch path when the cluster has a GPU), ``cpu`` or ``torch``; see the module
+    docstring. ``torch_batch_size``: clips per torch batch."""
     import ray
 
     init_ray()
@@ -113,8 +256,27 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
         # Many small input blocks: the job streams, and work spreads over every CPU of the cluster.
         chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
         ds = ray.data.from_pandas(chunks)
-        ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="pandas",
-                            num_cpus=1, **_task_env(todo["audio_uri"]))
+        n_gpus = ray.cluster_resources().get("GPU", 0)
+        on_gpu = use_torch(device, n_gpus) and n_gpus >= 1 and gpu_workers_have_cuda()
+        if device == "auto" and n_gpus >= 1 and not on_gpu:
+            print("extract: the cluster has GPUs but torch cannot use them there (a CPU build of torch?); "
+                  "audio features on the CPU path", file=sys.stderr)
+            device = "cpu"
+        if not use_torch(device, n_gpus):
+            ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="pandas",
+                                num_cpus=1, **_task_env(todo["audio_uri"]))
+        else:
+            ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="pandas",
+                                num_cpus=1, **_task_env(todo["audio_uri"]))
+            # ACTORS_PER_GPU actors share each GPU; without a usable GPU (--device torch), one actor on one CPU
+            n_actors = int(n_gpus) * ACTORS_PER_GPU if on_gpu else 1
+            ds = ds.map_batches(TorchFeatures,
+                                fn_constructor_kwargs={"cfg": cfg, "device": "cuda" if on_gpu else "cpu"},
+                                batch_size=torch_batch_size, batch_format="pandas", num_cpus=1,
+                                num_gpus=1 / ACTORS_PER_GPU if on_gpu else 0,
+                                compute=ray.data.ActorPoolStrategy(size=n_actors))
+            print(f"extract: audio features with torch, {n_actors} actor(s) on "
+                  f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
         ds.write_parquet(str(out_dir))
     counts = summary(out_dir)
     print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
@@ -135,11 +297,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
     p.add_argument("--sr", type=int, default=None, help="resample to this rate (default: each file's own)")
     p.add_argument("--n-mfcc", type=int, default=FeatureConfig.n_mfcc, help="MFCC coefficients (default 48)")
+    p.add_argument("--device", choices=["auto", "cpu", "torch"], default="auto",
+                   help="audio features: auto = batched torch on GPU actors when the cluster has GPUs, else "
+                        "the NumPy path per clip; cpu = always NumPy; torch = always torch (on CPU without GPUs)")
+    p.add_argument("--torch-batch-size", type=int, default=16,
+                   help="clips per torch batch (default 16: ~1 GB of GPU memory for 30 s previews)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     cfg = FeatureConfig(sr=args.sr, n_mfcc=args.n_mfcc)
-    run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size)
+    run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size,
+        device=args.device, torch_batch_size=args.torch_batch_size)
     return 0
 
 
