@@ -1,12 +1,14 @@
 """Tuning throughput: trials per hour of the default HitMusicNet search space, and the wall time of the
 demo's tuning budget (4 random trials, 20 epochs, best retrained with Ray Train and registered).
 
-    .venv/bin/python benchmarks/bench_tune.py [--rows 200] [--trials 4] [--epochs 20]
+    .venv/bin/python benchmarks/bench_tune.py [--rows 200] [--trials 4] [--epochs 20] [--retrain-workers 1 2]
 
 Starts its own MLflow server and local Ray, tunes on a generated table with the full feature width
 (``--rows`` rows, the demo catalogue's size by default), and prints the wall time of the search alone,
 of the retraining + registration, trials per hour, and the same against a plain sequential loop of the
-same trials' training (no Ray, no MLflow) in the same run, as the ratio of their per-trial times.
+same trials' training (no Ray, no MLflow) in the same run, as the ratio of their per-trial times. Then it
+times the retraining alone (Ray Train, default configuration, ``--epochs``) with each ``--retrain-workers``
+count: more than one worker is data-parallel (DDP over gloo), each worker training on its share of the rows.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=200, help="rows of the generated model table (default 200)")
     p.add_argument("--trials", type=int, default=4, help="random trials (default 4, the demo's budget)")
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs per trial (default 20, the demo's)")
+    p.add_argument("--retrain-workers", type=int, nargs="*", default=[1, 2],
+                   help="Ray Train worker counts to time the retraining with (default 1 2; none to skip)")
     args = p.parse_args()
 
     import ray
@@ -73,6 +77,14 @@ def main() -> int:
               f"(ratio tune/plain {total / len(results) / plain:.2f}; ASHA stops some trials early, Ray, MLflow "
               f"logging and the final retraining add overhead)")
         print(f"registered version {reg.version}, test MAE {reg.metrics['test_mae']:.4f}")
+        cfg = replace(base, ae_epochs=args.epochs, mlp_epochs=args.epochs)
+        for workers in args.retrain_workers:
+            t0 = time.perf_counter()
+            result = tune.retrain(str(path), cfg, tmp / "ray_results", workers, f"retrain-{workers}")
+            shards = [r["shard_rows"] for r in result.metrics["ranks"]]
+            print(f"retrain with {workers} Ray Train worker(s): {time.perf_counter() - t0:.1f} s, of which fitting "
+                  f"{result.metrics['fit_seconds']:.1f} s (rows per worker {shards}, best val_loss "
+                  f"{result.metrics['val_loss']:.4f}, load {os.getloadavg()[0]:.2f})")
     finally:
         if ray.is_initialized():
             ray.shutdown()

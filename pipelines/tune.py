@@ -15,9 +15,11 @@ How it works:
 - Every trial is an MLflow run nested under one parent run per tuning job, with its parameters, per-epoch
   losses, a learning-curve plot and the dataset fingerprint (hash of the model table + feature schema
   version): enough to reproduce it from the run alone.
-- The best configuration is retrained on the whole training part with Ray Train (``TorchTrainer``, one
-  worker per ``--train-workers``), then registered as a new version with signature, input example,
-  held-out test metrics, conformal calibration and tags (fingerprint, git commit, configuration).
+- The best configuration is retrained on the whole training part with Ray Train (``TorchTrainer``):
+  ``--train-workers N`` > 1 trains data-parallel with DDP (each worker fits its own equal share of the rows,
+  gradients averaged over the workers; gloo on CPU, nccl when GPUs are used). It is then registered as a
+  new version with signature, input example, held-out test metrics, conformal calibration and tags
+  (fingerprint, git commit, configuration, workers).
 - Resources per trial are configurable (``--cpus-per-trial 1 --gpus-per-trial 0.25``); without a GPU in
   the cluster the GPU request is dropped. An interrupted job resumes from ``--storage``/``--name``:
   finished trials are not repeated.
@@ -26,6 +28,7 @@ How it works:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -137,43 +140,102 @@ FAMILIES: dict[str, Family] = {
 # ---------------------------------------------------------------------------------------- retraining
 
 
-def retrain_loop(config: dict) -> None:
-    """Ray Train worker: fit the chosen configuration on the whole training part (fit + validation rows;
-    a slice of them early-stops), calibrate on the calibration rows, and hand the bundle back as a
-    checkpoint. Test rows stay untouched until the driver registers the model."""
+def retrain_rows(table: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(fit, stop, calib)`` of the retraining: the trials' fit and validation rows together, a slice of
+    them held back for early stopping, and the calibration rows. The test rows are not among them."""
+    from hitmodels.train import split_rows, stratified_split
+
+    s = split_rows(table, cfg)
+    fit, stop = stratified_split(pd.concat([s.fit, s.val], ignore_index=True), 0.1, cfg.seed, cfg.strat_bins)
+    return fit, stop, s.calib
+
+
+def ray_parallel():
+    """This Ray Train worker's :class:`~hitmodels.train.Parallel`: DDP through ``prepare_model`` over the
+    process group Ray Train set up (gloo on CPU, nccl on GPUs)."""
     import ray.train
+    import ray.train.torch
+
+    from hitmodels.train import Parallel
+
+    ctx = ray.train.get_context()
+    return Parallel(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model,
+                    ray.train.torch.get_device())
+
+
+def weights_checksum(net) -> str:
+    h = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def rows_digest(track_ids) -> str:
+    return hashlib.sha256("\n".join(sorted(map(str, track_ids))).encode()).hexdigest()
+
+
+def retrain_loop(config: dict) -> None:
+    """Ray Train worker: fit the chosen configuration on the whole training part (:func:`retrain_rows`),
+    data-parallel over the workers (each trains on its shard of the fit rows, DDP averages gradients), and
+    hand the bundle back as a checkpoint from rank 0. Test rows stay untouched until the driver registers
+    the model. The metrics carry, per rank, its shard's size and digest and a checksum of its final weights."""
+    import ray.train
+    import torch.distributed as dist
 
     from hitmodels.data import feature_columns, training_rows
     from hitmodels.predict import save_bundle
-    from hitmodels.train import fit_model, split_rows, stratified_split
+    from hitmodels.train import fit_model
 
     cfg = TrainConfig(**config["cfg"])
     table = training_rows(pd.read_parquet(config["table"]))
-    s = split_rows(table, cfg)
-    whole = pd.concat([s.fit, s.val], ignore_index=True)
-    fit, stop = stratified_split(whole, 0.1, cfg.seed, cfg.strat_bins)
-    fitted = fit_model(fit, stop, s.calib, feature_columns(table), cfg)
+    fit, stop, calib = retrain_rows(table, cfg)
+    par = ray_parallel()
+    fitted = fit_model(fit, stop, calib, feature_columns(table), cfg, parallel=par)
+    mine = {"rank": par.rank, "shard_rows": len(fitted.shard),
+            "shard_digest": rows_digest(fit["track_id"].iloc[fitted.shard]),
+            "weights_checksum": weights_checksum(fitted.net)}
+    ranks = [mine] * par.world_size
+    if par.world_size > 1:
+        dist.all_gather_object(ranks, mine)
+    metrics = {"val_loss": min(r["val_loss"] for r in fitted.history["pop"]), "world_size": par.world_size,
+               "device": str(par.device), "fit_seconds": fitted.seconds, "ranks": ranks}
+    # Every worker must call report (it is a barrier in Ray Train V2); only rank 0's metrics are kept, and
+    # its checkpoint alone is the bundle (the others' files would be merged into the same directory).
+    if par.rank != 0:
+        ray.train.report(metrics)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         save_bundle(Path(tmp), fitted.net, fitted.pre, fitted.meta)
-        ray.train.report({"val_loss": min(r["val_loss"] for r in fitted.history["pop"])},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, parent_run_id: str,
-                         storage: Path, workers: int, extra_tags: dict[str, str]):
-    """Retrain with Ray Train and register the result; returns the TrainResult."""
+def retrain(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str, use_gpu: bool = False):
+    """Run :func:`retrain_loop` on ``workers`` Ray Train workers (one GPU each with ``use_gpu``); returns
+    Ray Train's Result (checkpoint: the bundle; metrics: rank 0's report)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    trainer = TorchTrainer(retrain_loop, train_loop_config={"cfg": asdict(cfg), "table": table_path},
+                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                           run_config=RunConfig(name=name, storage_path=str(storage)))
+    return trainer.fit()
+
+
+def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, parent_run_id: str,
+                         storage: Path, workers: int, extra_tags: dict[str, str], use_gpu: bool = False):
+    """Retrain with Ray Train and register the result; returns the TrainResult."""
     from hitmodels.train import register_bundle
 
-    trainer = TorchTrainer(retrain_loop, train_loop_config={"cfg": asdict(cfg), "table": table_path},
-                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
-                           run_config=RunConfig(name=f"retrain-{parent_run_id[:8]}", storage_path=str(storage)))
-    result = trainer.fit()
+    result = retrain(table_path, cfg, storage, workers, f"retrain-{parent_run_id[:8]}", use_gpu)
+    m = result.metrics
+    if len({r["weights_checksum"] for r in m["ranks"]}) > 1:  # DDP broke: no worker's model saw all the rows
+        raise RuntimeError(f"the {m['world_size']} retraining workers ended with different weights")
+    tags = {**extra_tags, "train_workers": str(m["world_size"]), "train_device": m["device"],
+            "train_shard_rows": ",".join(str(r["shard_rows"]) for r in m["ranks"])}
     with result.checkpoint.as_directory() as bundle:
         return register_bundle(Path(bundle), pd.read_parquet(table_path), cfg, tracking_uri,
-                               parent_run_id=parent_run_id, tags=extra_tags)
+                               parent_run_id=parent_run_id, tags=tags)
 
 # ---------------------------------------------------------------------------------------- the job
 
@@ -213,9 +275,14 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         exp_dir.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"parent_run_id": parent_run_id}))
 
-    if gpus_per_trial and not ray.cluster_resources().get("GPU"):
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_trial and not gpus:
         print("tune: no GPU in the cluster; trials run on CPU only", file=sys.stderr)
         gpus_per_trial = 0.0
+    # NCCL wants a GPU of its own per worker; short of that the retraining stays on CPU (gloo).
+    retrain_gpu = bool(gpus_per_trial) and gpus >= train_workers
+    if gpus_per_trial and not retrain_gpu:
+        print(f"tune: {gpus:g} GPU(s) for {train_workers} retraining workers; retraining on CPU", file=sys.stderr)
     context = {"table": table, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
                "experiment_id": experiment.experiment_id, "base": asdict(base)}
     trainable = tune.with_resources(fam.trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
@@ -239,7 +306,7 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     client.log_metric(parent_run_id, "best_val_loss", float(best.metrics["val_loss"]))
     fingerprint = dataset_fingerprint(training_rows(pd.read_parquet(table)))
     registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
-                                      {"tune_name": name, "dataset_fingerprint": fingerprint})
+                                      {"tune_name": name, "dataset_fingerprint": fingerprint}, retrain_gpu)
     client.set_terminated(parent_run_id)
     return results, registered
 
@@ -255,7 +322,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0,
                    help="GPUs per trial, fractions allowed (e.g. 0.25); ignored without a GPU (default 0)")
-    p.add_argument("--train-workers", type=int, default=1, help="Ray Train workers for the final retraining")
+    p.add_argument("--train-workers", type=int, default=1,
+                   help="Ray Train workers for the final retraining (default 1). N > 1 is data-parallel (DDP): "
+                        "each worker trains on its own 1/N of the training rows and gradients are averaged "
+                        "over the workers, gloo on CPU, nccl on GPUs (one GPU per worker, used when "
+                        "--gpus-per-trial > 0 and the cluster has N GPUs; CPU otherwise)")
     p.add_argument("--name", default="tune", help="job name: MLflow parent run and resume directory")
     p.add_argument("--storage", type=Path, default=None, help="Tune storage (default $HITMUSIC_HOME/ray_results)")
     p.add_argument("--model-name", default=TrainConfig.model_name, help="registered model name")

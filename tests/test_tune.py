@@ -54,6 +54,7 @@ def test_trials_are_nested_runs_with_curves_and_fingerprint(tuned, mlflow_uri):
         assert "learning_curve.png" in [a.path for a in c.list_artifacts(r.info.run_id)]
         assert len(c.get_metric_history(r.info.run_id, "pop_val_loss")) >= 1
     assert mv.tags["dataset_fingerprint"].startswith("v") and mv.tags["git_commit"]
+    assert mv.tags["train_workers"] == "1" and mv.tags["train_device"] == "cpu"
     assert "test_mae" in reg.metrics and 0 <= reg.metrics["test_mae"] <= 1
 
 
