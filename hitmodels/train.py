@@ -261,12 +261,24 @@ def class_labels(popularity: np.ndarray, thresholds: tuple[float, float]) -> np.
     return np.digitize(np.asarray(popularity, float), thresholds)
 
 
+def class_loss_weights(labels: np.ndarray, scheme: str) -> np.ndarray:
+    """Cross-entropy weights of the three classes: ``"none"`` all 1; ``"balanced"`` n / (3 · count), as
+    scikit-learn's ``compute_class_weight`` (classes absent from ``labels`` keep 1)."""
+    weights = np.ones(len(CLASS_NAMES))
+    if scheme == "balanced":
+        present = np.unique(labels)
+        weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    elif scheme != "none":
+        raise ValueError(f"unknown class weighting {scheme!r}; choose 'none' or 'balanced'")
+    return weights
+
+
 def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.DataFrame, columns: list[str],
               cfg: TrainConfig, log: bool = False,
               on_epoch: Callable[[str, int, dict], None] | None = None, parallel: Parallel | None = None) -> Fitted:
     """Preprocessing on ``fit_rows``; MusicAENet (Adam, MSE); then, on the frozen code, MusicPopNet for
-    popularity / 100 (MSE) and, with ``cfg.classifier``, the 3-class MusicPopNet (cross-entropy with balanced
-    class weights, as the authors' code); early stopping on ``val_rows``; the conformal calibrator on
+    popularity / 100 (MSE) and, with ``cfg.classifier``, the 3-class MusicPopNet (cross-entropy, class weights
+    per ``cfg.class_weight``); early stopping on ``val_rows``; the conformal calibrator on
     ``calib_rows``. ``log`` sends per-epoch losses to the active MLflow run; ``on_epoch(stage, epoch, row)``
     sees every epoch of every stage (``ae``, ``pop``, ``cls``).
 
@@ -319,10 +331,8 @@ def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.Dat
                                             parallel=par)
         if net.cls is not None:
             lt, lv = class_labels(pop_t, thresholds), class_labels(pop_v, thresholds)
-            present = np.unique(lt)
-            weights = np.ones(len(CLASS_NAMES))
-            weights[present] = compute_class_weight("balanced", classes=present, y=lt)
-            # Validation uses the same weighted loss: unweighted, it rises as soon as the weights pull
+            weights = class_loss_weights(lt, cfg.class_weight)
+            # Validation uses the same (weighted) loss: unweighted, it would rise as soon as the weights pull
             # predictions towards the rare classes, and early stopping would halt at once.
             history["cls"] = fit_early_stopping(
                 net.cls, nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=dev)),

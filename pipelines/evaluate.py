@@ -74,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
     p.add_argument("--class-scheme", choices=["fixed", "quartiles"], default=d.class_scheme,
                    help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
+    p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
+                   help="3-class cross-entropy weights: none (default) or balanced (n / (3 * class count))")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"conformal interval coverage (default {d.coverage})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
@@ -131,7 +133,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     configs = _names(args.configs, PAPER_CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")
     base = TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs, patience=args.patience,
-                       class_scheme=args.class_scheme, coverage=args.coverage, seed=args.seed)
+                       class_scheme=args.class_scheme, class_weight=args.class_weight, coverage=args.coverage,
+                       seed=args.seed)
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
                    experiment=args.experiment)
     table = load_source(args.source, not args.no_spotify_descriptors)

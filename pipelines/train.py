@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument("--class-scheme", choices=["fixed", "quartiles"], default=d.class_scheme,
                    help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
+    p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
+                   help="3-class cross-entropy weights: none (default) or balanced (n / (3 * class count))")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"target coverage of the conformal interval (default {d.coverage})")
     p.add_argument("--no-classifier", action="store_true",
@@ -65,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, ae_epochs=args.epochs,
                       mlp_epochs=args.epochs, patience=args.patience, lr=args.lr, class_scheme=args.class_scheme,
+                      class_weight=args.class_weight,
                       coverage=args.coverage, classifier=not args.no_classifier, seed=args.seed,
                       model_name=args.model_name, experiment=args.experiment)
     if args.config:

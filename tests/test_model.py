@@ -141,3 +141,14 @@ def test_promote_moves_champion_and_previous(mlflow_uri):
 def test_train_config_defaults_are_the_papers():
     cfg = TrainConfig()
     assert cfg.delta == pytest.approx(0.2) and cfg.batch_size == 256 and cfg.patience == 10
+
+
+def test_class_loss_weights():
+    from hitmodels.train import class_loss_weights
+
+    labels = np.array([0, 1, 1, 1, 1, 1])  # no "high" row
+    assert class_loss_weights(labels, "none").tolist() == [1.0, 1.0, 1.0]
+    # n / (classes present * count): 6 / (2 * 1) and 6 / (2 * 5); the absent class keeps 1
+    np.testing.assert_allclose(class_loss_weights(labels, "balanced"), [3.0, 0.6, 1.0])
+    with pytest.raises(ValueError, match="balanced"):
+        class_loss_weights(labels, "inverse")
