@@ -166,7 +166,7 @@ class ServeSettings:
     poll_interval_s: float = 10.0
     max_rows: int = 1024
     max_upload_mb: float = 20.0
-    # Dynamic batching across concurrent requests (@serve.batch).
+    # Dynamic batching across concurrent requests (@serve.batch); 1 turns it off (each request calls the model).
     max_batch_size: int = 256
     batch_wait_timeout_s: float = 0.002
 
