@@ -110,6 +110,9 @@ class TrainConfig:
     # Ray and other jobs an autoencoder epoch took 1.4-7x longer with 2 threads than with 1 (the threads
     # wait for each other); raise it on a dedicated machine.
     threads: int | None = 1
+    # Where the networks train: "auto" (CUDA when this process sees a GPU: a Tune trial granted a GPU
+    # fraction, a GPU machine), "cpu" or "cuda". Scoring always runs on the CPU.
+    device: str = "auto"
     name: str = "custom"
     model_name: str = "hitmusicnet"
     experiment: str = "hitmusicnet"

@@ -171,6 +171,17 @@ class Parallel:
         return (t / self.world_size).tolist()
 
 
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when this process can use a GPU, else the CPU; ``"cpu"``/``"cuda"`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no GPU here (is this the CPU build of torch?)")
+    return torch.device(name)
+
+
 def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:
     """Sorted positions of this rank's share of ``n`` rows: one shuffle with ``seed`` (the same on every rank),
     then every ``world_size``-th row, cut to ``n // world_size`` so that every rank takes the same number of
@@ -286,7 +297,7 @@ def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.Dat
     :func:`shard_rows` of ``fit_rows`` and gradients are averaged (data-parallel); everything else is fitted
     on all of ``fit_rows`` and validated on all of ``val_rows``, so every worker ends with the same model."""
     start = time.perf_counter()
-    par = parallel or Parallel()
+    par = parallel or Parallel(device=resolve_device(cfg.device))
     dev = par.device
     own = shard_rows(len(fit_rows), par.rank, par.world_size, cfg.seed)
     mine = torch.from_numpy(own).to(dev)

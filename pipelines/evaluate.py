@@ -76,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
     p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
                    help="3-class cross-entropy weights: none (default) or balanced (n / (3 * class count))")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="where the networks train: auto (default: CUDA when a GPU is visible), cpu or cuda")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"conformal interval coverage (default {d.coverage})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
@@ -133,8 +135,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     configs = _names(args.configs, PAPER_CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")
     base = TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs, patience=args.patience,
-                       class_scheme=args.class_scheme, class_weight=args.class_weight, coverage=args.coverage,
-                       seed=args.seed)
+                       class_scheme=args.class_scheme, class_weight=args.class_weight, device=args.device,
+                       coverage=args.coverage, seed=args.seed)
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
                    experiment=args.experiment)
     table = load_source(args.source, not args.no_spotify_descriptors)

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
     p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
                    help="3-class cross-entropy weights: none (default) or balanced (n / (3 * class count))")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="where the networks train: auto (default: CUDA when a GPU is visible), cpu or cuda")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"target coverage of the conformal interval (default {d.coverage})")
     p.add_argument("--no-classifier", action="store_true",
@@ -67,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, ae_epochs=args.epochs,
                       mlp_epochs=args.epochs, patience=args.patience, lr=args.lr, class_scheme=args.class_scheme,
-                      class_weight=args.class_weight,
+                      class_weight=args.class_weight, device=args.device,
                       coverage=args.coverage, classifier=not args.no_classifier, seed=args.seed,
                       model_name=args.model_name, experiment=args.experiment)
     if args.config:

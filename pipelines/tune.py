@@ -21,7 +21,8 @@ How it works:
   new version with signature, input example, held-out test metrics, conformal calibration and tags
   (fingerprint, git commit, configuration, workers).
 - Resources per trial are configurable (``--cpus-per-trial 1 --gpus-per-trial 0.25``); without a GPU in
-  the cluster the GPU request is dropped. An interrupted job resumes from ``--storage``/``--name``:
+  the cluster the GPU request is dropped. A trial granted a GPU (fraction) trains on it (``TrainConfig.device``
+  ``auto``: Ray makes the granted GPU the only one the trial sees). An interrupted job resumes from ``--storage``/``--name``:
   finished trials are not repeated.
 """
 

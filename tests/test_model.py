@@ -152,3 +152,17 @@ def test_class_loss_weights():
     np.testing.assert_allclose(class_loss_weights(labels, "balanced"), [3.0, 0.6, 1.0])
     with pytest.raises(ValueError, match="balanced"):
         class_loss_weights(labels, "inverse")
+
+
+def test_resolve_device():
+    import torch
+
+    from hitmodels.train import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
