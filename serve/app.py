@@ -33,6 +33,7 @@ import functools
 import json
 import logging
 import math
+import operator
 import os
 import threading
 import time
@@ -48,6 +49,7 @@ from ray import serve
 from hitmodels.config import ServeSettings
 
 PASSTHROUGH = ("track_id",)
+NUMBER_TYPES = frozenset({int, float})
 log = logging.getLogger("ray.serve")
 
 api = FastAPI(title="HitMusic popularity service",
@@ -145,13 +147,18 @@ def validate_rows(rows: list[dict[str, Any]], columns: list[str], max_rows: int 
         raise HTTPException(422, detail=[{"loc": ["body", "rows"],
                                           "msg": f"{len(rows)} rows; at most {max_rows} per request"}])
     lo, hi = _bounds(tuple(columns))
-    wanted = set(columns) | set(PASSTHROUGH)
+    getter = operator.itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
     X = np.empty((len(rows), len(columns)), dtype=np.float64)
     bad_rows = []
     for i, row in enumerate(rows):
-        values = [row.get(f) for f in columns]
-        if len(row) > len(columns) + len(PASSTHROUGH) or not wanted.issuperset(row) or \
-                not all(type(v) is float or type(v) is int for v in values):
+        try:
+            values = getter(row)
+        except KeyError:  # a required field is missing
+            bad_rows.append(i)
+            continue
+        # every column is present, so any key beyond them and the pass-through ones is unknown
+        extra = len(row) - len(columns) - sum(k in row for k in PASSTHROUGH)
+        if extra or not NUMBER_TYPES.issuperset(map(type, values)):  # bool is not a number here
             bad_rows.append(i)
             continue
         X[i] = values

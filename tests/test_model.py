@@ -98,6 +98,10 @@ def test_validate_rows_names_row_and_field():
     assert detail[("body", "rows", 1, "c")] == "unknown field"
     assert detail[("body", "rows", 2, "b")] == "field required"
     assert not any(loc[2] == 0 for loc in detail if len(loc) > 2)
+    with pytest.raises(HTTPException) as e:  # one column, a bool, and an unknown field beside track_id
+        validate_rows([{"a": 1}, {"a": True}, {"a": 2, "track_id": "t", "zz": 1}], ["a"])
+    assert [(d["loc"][2], d["loc"][3]) for d in e.value.detail] == [(1, "a"), (2, "zz")]
+    assert validate_rows([{"a": 7}], ["a"]).X.tolist() == [[7.0]]
     with pytest.raises(HTTPException, match="at most 2"):
         validate_rows([{"a": 1, "b": 1}] * 3, cols, max_rows=2)
     with pytest.raises(HTTPException):
