@@ -12,7 +12,8 @@ The alias is resolved to one version before the job starts, so every row of a ru
 version even if the alias moves meanwhile. Output per row: ``track_id, popularity, class``, the interval and
 class probabilities when the model gives them, ``model_name, model_version, error``. A row that cannot be
 scored (failed extraction, a value the model rejects) keeps its place with null scores and the reason in
-``error``: rows in = rows out. Re-running into the same OUT_DIR skips track_ids already scored there.
+``error``: rows in = rows out. Re-running into the same OUT_DIR skips track_ids already scored there;
+a part file left unreadable by an interrupted run is moved to ``OUT_DIR/_quarantine/`` and its rows redone.
 """
 
 from __future__ import annotations
@@ -255,17 +256,29 @@ def input_columns(uri: str) -> list[str]:
     return pads.dataset(path, filesystem=fs, format="parquet").schema.names
 
 
+QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
+
+
 def done_track_ids(out_dir: str) -> set[str]:
-    """track_ids already scored in ``out_dir`` by an earlier (possibly interrupted) run."""
+    """track_ids already scored in ``out_dir`` by an earlier (possibly interrupted) run. A part file that
+    cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as
+    not done, are scored again, and every later read of ``out_dir`` succeeds."""
     fs, path = filesystem(out_dir)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.Directory:
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
         return set()
-    files = [f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet")]
-    if not files:
-        return set()
-    return set(pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=["track_id"])
-               ["track_id"].to_pylist())
+    done: set[str] = set()
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if not info.path.endswith(".parquet"):
+            continue
+        try:
+            done.update(pq.read_table(info.path, columns=["track_id"], filesystem=fs)["track_id"].to_pylist())
+        except (pa.ArrowException, OSError) as exc:
+            target = f"{path}/{QUARANTINE}/{info.base_name}"
+            fs.create_dir(f"{path}/{QUARANTINE}")
+            fs.move(info.path, target)
+            print(f"score: {info.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
+                  f"{target}, its tracks are scored again", file=sys.stderr)
+    return done
 
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,

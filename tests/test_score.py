@@ -88,6 +88,27 @@ def test_score_from_s3_to_s3_and_resume(model, s3_endpoint, tmp_path):
 
 
 @pytest.mark.integration
+def test_score_resume_quarantines_a_part_cut_short(model, tmp_path, capsys):
+    from pipelines import score
+
+    table = random_table(8, n=120)
+    path = tmp_path / "table.parquet"
+    table.to_parquet(path, row_group_size=40)  # three row groups: three tasks, three part files
+    out = tmp_path / "scores"
+    score.run(path, out, MODEL)
+    parts = sorted(out.glob("*.parquet"))
+    assert len(parts) >= 2
+    lost = set(pd.read_parquet(parts[0])["track_id"])
+    parts[0].write_bytes(parts[0].read_bytes()[:100])  # as a crash mid-write would leave it
+    score.run(path, out, MODEL)
+    assert "moved to" in capsys.readouterr().err
+    assert (out / "_quarantine" / parts[0].name).exists()
+    again = score.read_scores(out)
+    assert sorted(again["track_id"]) == sorted(table["track_id"])  # rows in = rows out, none twice
+    assert again.set_index("track_id").loc[sorted(lost), "popularity"].between(0, 100).all()
+
+
+@pytest.mark.integration
 def test_score_csv_with_missing_columns_fails_before_work(model, tmp_path):
     from pipelines import score
 
