@@ -9,6 +9,7 @@ are an error naming them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ import torch
 
 from .config import CLASS_NAMES, CLASS_THRESHOLDS
 from .models import ARCH_VERSION, HitMusicNet
+
+# Arithmetic of the network at scoring time (see HitMusicPyfunc.predict_array).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -191,27 +195,34 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return pd.DataFrame(self.predict_array(self.pre.transform(model_input), scaled=True))
 
-    def predict_array(self, X: np.ndarray, scaled: bool = False, chunk_rows: int = 2048) -> dict[str, np.ndarray]:
+    def predict_array(self, X: np.ndarray, scaled: bool = False, chunk_rows: int = 2048,
+                      precision: str = "fp32") -> dict[str, np.ndarray]:
         """The output columns for ``(n_rows, n_columns)`` features in :attr:`columns` order (raw values, or
         already scaled with ``scaled=True``), as arrays: the hot path of Serve and batch scoring, which
         skips building a DataFrame of hundreds of columns per request.
 
         Rows go through in chunks of ``chunk_rows`` so each layer's activations stay in the CPU cache:
         1.5x faster than one 64K-row pass here, and memory stays flat whatever the input size.
+        ``precision="bf16"`` runs the layers in bfloat16 (about 3x faster on CPUs with AVX512-BF16 or AMX;
+        popularity moves by ~0.3 points on average and up to ~2), ``"fp32"`` (default) is the precision it
+        was trained in.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
         n = len(X)
         pop = np.empty(n, dtype=np.float64)
         proba = np.empty((n, len(CLASS_NAMES)), dtype=np.float64) if self.net.cls is not None else None
-        with torch.inference_mode():
+        low = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+        with torch.inference_mode(), low:
             for a in range(0, n, chunk_rows):
                 x = X[a:a + chunk_rows]
                 # column-major input (as the batch job builds it) stays so: BLAS reads it transposed
                 x = torch.from_numpy(np.asarray(x if scaled else self.pre.transform_array(x), dtype=np.float32))
                 # one encoder pass feeds both heads: the encoder is most of the model's arithmetic
                 code = self.net.code(x)
-                pop[a:a + chunk_rows] = self.net.pop(code)[:, 0].numpy()
+                pop[a:a + chunk_rows] = self.net.pop(code)[:, 0].float().numpy()
                 if proba is not None:
-                    proba[a:a + chunk_rows] = torch.softmax(self.net.cls(code), 1).numpy()
+                    proba[a:a + chunk_rows] = torch.softmax(self.net.cls(code).float(), 1).numpy()
         pop *= 100.0
         out = {"popularity": pop}
         if self.meta.conformal is not None:

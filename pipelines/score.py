@@ -19,6 +19,7 @@ a part file left unreadable by an interrupted run is moved to ``OUT_DIR/_quarant
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 from hitmodels.cli import module_main
 from hitmodels.config import FeatureConfig
 from hitmodels.config import tracking_uri as resolve_tracking_uri
+from hitmodels.predict import PRECISIONS
 from hitmodels.registry import CHAMPION, ModelRef, resolve
 from hitmodels.services import init_ray
 
@@ -169,13 +171,13 @@ def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, sch
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def array_predictor(model, columns: list[str]):
+def array_predictor(model, columns: list[str], precision: str = "fp32"):
     """``X -> {output: array}`` for a loaded pyfunc: the project's models answer on arrays directly (no
-    per-call schema enforcement over every column; :func:`feature_matrix` already checked the values); any
-    other pyfunc gets a DataFrame."""
+    per-call schema enforcement over every column; :func:`feature_matrix` already checked the values), in
+    ``precision``; any other pyfunc gets a DataFrame."""
     python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
     if hasattr(python_model, "predict_array"):
-        return python_model.predict_array
+        return functools.partial(python_model.predict_array, precision=precision)
 
     def predict(X: np.ndarray) -> dict[str, np.ndarray]:
         out = model.predict(pd.DataFrame(X.astype(np.float64), columns=columns))
@@ -197,7 +199,7 @@ def cached_model(ref: ModelRef, tracking_uri: str | None):
 
 
 def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
-                extract: FeatureConfig | None) -> pa.Table:
+                extract: FeatureConfig | None, precision: str = "fp32") -> pa.Table:
     """Ray Data task over rows Ray Data read (CSV, audio manifests): (extract, then) score one batch."""
     model = cached_model(ref, tracking_uri)
     columns = model.unwrap_python_model().columns
@@ -208,7 +210,7 @@ def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema
             if c not in frame:
                 frame[c] = np.nan
         batch = pa.Table.from_pandas(frame, preserve_index=False)
-    return score_table(array_predictor(model, columns), columns, ref, batch, schema)
+    return score_table(array_predictor(model, columns, precision), columns, ref, batch, schema)
 
 
 def parquet_pieces(fs: pafs.FileSystem, path: str) -> list[dict]:
@@ -231,12 +233,13 @@ def row_group_batches(fs: pafs.FileSystem, path: str, row_group: int, columns: l
 
 
 def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
-                 fs: pafs.FileSystem, columns: list[str], batch_size: int, done: pa.Array | None) -> pa.Table:
+                 fs: pafs.FileSystem, columns: list[str], batch_size: int, done: pa.Array | None,
+                 precision: str = "fp32") -> pa.Table:
     """Ray Data task over Parquet row groups: read only the columns the model needs, skip rows already
     scored, score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
     columns out of the object store (3x the plain loop's time when Ray Data read them and passed them on)."""
     model = cached_model(ref, tracking_uri)
-    predict = array_predictor(model, model.unwrap_python_model().columns)
+    predict = array_predictor(model, model.unwrap_python_model().columns, precision)
     outs = []
     for path, row_group in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()):
         for batch in row_group_batches(fs, path, row_group, columns, batch_size):
@@ -282,9 +285,12 @@ def done_track_ids(out_dir: str) -> set[str]:
 
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
-        tracking_uri: str | None = None, batch_size: int = 16384) -> ModelRef:
+        tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32") -> ModelRef:
     """Score every row of ``table`` not yet in ``out_dir``; returns the model version used."""
     import ray
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
 
     init_ray()
     table, out_dir = str(table), str(out_dir)
@@ -316,7 +322,8 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
             score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1,
             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "fs": fs, "columns": wanted,
-                       "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None})
+                       "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None,
+                       "precision": precision})
     else:
         ds = (ray.data.read_csv(path, filesystem=fs) if path.endswith(".csv")
               else ray.data.read_parquet(path, filesystem=fs))
@@ -326,11 +333,11 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
             ds = ds.filter(expr=~col("track_id").is_in(sorted(done)))
         ds = ds.map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
                             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema,
-                                       "extract": extract},
+                                       "extract": extract, "precision": precision},
                             batch_format="pyarrow", num_cpus=1)
     out_fs, out_path = filesystem(out_dir)
     ds.write_parquet(out_path, filesystem=out_fs)
-    print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
+    print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
 
 
@@ -347,10 +354,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=16384,
                    help="rows read and scored at a time per worker (default 16384; audio manifests: 64)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the network's arithmetic: fp32 (default, as trained and as Serve answers) or bf16 "
+                        "(~3x faster model on CPUs with AVX512-BF16/AMX; scores move by ~0.3 points on average, "
+                        "up to ~2)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    ref = run(args.table, args.out_dir, args.model, args.version, args.tracking_uri, args.batch_size)
+    ref = run(args.table, args.out_dir, args.model, args.version, args.tracking_uri, args.batch_size,
+              args.precision)
     print(f"scored with {ref.name} version {ref.version}")
     return 0
 

@@ -170,3 +170,26 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no GPU"):
             resolve_device("cuda")
+
+
+def test_predict_array_bf16_is_close_to_fp32_and_precision_is_checked():
+    import torch
+
+    from hitmodels.models import HitMusicNet
+    from hitmodels.predict import HitMusicPyfunc, ModelMeta, Preprocessor
+
+    torch.manual_seed(0)
+    d = 40
+    net = HitMusicNet(d, 1 / 4, 0.25, classifier=True).eval()
+    pre = Preprocessor([f"f{i}" for i in range(d)], [0.5] * d, [0.0] * d, [1.0] * d)
+    meta = ModelMeta(d=d, delta=1 / 4, dropout=0.25, alphas=[1, 1 / 2, 1 / 3], classifier=True,
+                     class_scheme="fixed", thresholds=[25.0, 65.0])
+    model = HitMusicPyfunc(net, pre, meta)
+    X = np.random.default_rng(0).random((300, d))
+    exact, fast = model.predict_array(X), model.predict_array(X, precision="bf16", chunk_rows=64)
+    assert np.abs(exact["popularity"] - fast["popularity"]).max() < 1.0  # points of 0-100
+    np.testing.assert_allclose(fast["p_low"] + fast["p_medium"] + fast["p_high"], 1.0, atol=1e-5)
+    # chunking alone changes only the last float32 bits (BLAS sums in another order for other shapes)
+    np.testing.assert_allclose(model.predict_array(X, chunk_rows=7)["popularity"], exact["popularity"], atol=1e-4)
+    with pytest.raises(ValueError, match="precision"):
+        model.predict_array(X, precision="fp8")
