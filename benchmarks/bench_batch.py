@@ -176,7 +176,7 @@ def main() -> int:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        stop_process(mlflow_proc.pid)
+        stop_process(mlflow_proc)
     return 0
 
 

@@ -90,19 +90,6 @@ def torch_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
-def deviations(mine: dict, ref: dict) -> dict[str, float]:
-    """Relative deviation per column; means on the scale max(|mean|, std of the column), see the docstring."""
-    out = {}
-    for k, r in ref.items():
-        scale = abs(r)
-        if f"{k}_std" in ref:
-            scale = max(scale, abs(ref[f"{k}_std"]))
-        elif k.startswith("spectral_rollOff_m"):
-            scale = max(scale, abs(ref["spectral_rollOff_std"]))
-        out[k] = abs(mine[k] - r) / max(scale, 1e-12)
-    return out
-
-
 def clips(synthetic: bool, workdir: Path) -> list[str]:
     real = sorted((SHARED / "data" / "audio").glob("*.mp3"))
     if real and not synthetic:
@@ -205,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         worst = {k: (0.0, "", "") for k in kinds if k != "naive"}
 
         def note_deviation(kind: str, mine: dict, ref: dict, path: str) -> None:
-            dev = deviations(mine, ref)
+            from hitmodels import audio  # not at the top: the cold figures include each extractor's imports
+
+            dev = audio.summary_deviations(mine, ref)
             column = max(dev, key=dev.get)
             if dev[column] >= worst[kind][0]:
                 worst[kind] = (dev[column], column, Path(path).name)

@@ -156,10 +156,10 @@ def main() -> int:
             print(f"  target >= 5,000 tracks/s batched: {'met' if s['tracks_per_s'] >= 5000 else 'NOT met'}")
     finally:
         if plain is not None:
-            stop_process(plain.pid)
+            stop_process(plain)
         if ray.is_initialized():
             ray.shutdown()
-        stop_process(mlflow_proc.pid)
+        stop_process(mlflow_proc)
     return 0
 
 

@@ -88,7 +88,7 @@ def main() -> int:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        stop_process(proc.pid)
+        stop_process(proc)
     return 0
 
 

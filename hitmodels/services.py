@@ -66,29 +66,45 @@ def start_mlflow(home: Path, host: str, port: int, log_path: Path | None = None)
     try:
         wait_http(f"http://{host}:{port}/health", timeout_s=120, proc=proc)
     except Exception:
-        stop_process(proc.pid)
+        stop_process(proc)
         raise
     return proc
 
 
-def stop_process(pid: int, timeout_s: float = 15.0) -> None:
-    """SIGTERM the process group of ``pid``, SIGKILL it if it lingers."""
+def stop_process(proc: subprocess.Popen | int, timeout_s: float = 15.0, term_grace_s: float | None = None) -> None:
+    """SIGTERM the process group of ``proc`` (a Popen or a pid), SIGKILL it if it lingers more than
+    ``term_grace_s`` (default ``timeout_s``). A Popen is reaped as well: its zombie would otherwise keep the
+    group alive until the SIGKILL and leave a "subprocess still running" warning behind."""
+    popen = proc if isinstance(proc, subprocess.Popen) else None
     try:
-        pgid = os.getpgid(pid)
+        pgid = os.getpgid(proc if popen is None else popen.pid)
     except ProcessLookupError:
         return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace in ((signal.SIGTERM, term_grace_s or timeout_s), (signal.SIGKILL, timeout_s)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
+            break
+        if _group_gone(pgid, popen, time.monotonic() + grace):
+            break
+    if popen is not None:
+        try:
+            popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # unkillable (stuck in the kernel): nothing more to do from here
+            pass
+
+
+def _group_gone(pgid: int, popen: subprocess.Popen | None, deadline: float) -> bool:
+    """Wait until no process of group ``pgid`` is left (reaping ``popen`` on the way) or ``deadline``."""
+    while time.monotonic() < deadline:
+        if popen is not None:
+            popen.poll()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:

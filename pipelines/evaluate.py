@@ -34,6 +34,7 @@ from hitmodels.baselines import LABELS
 from hitmodels.cli import module_main
 from hitmodels.config import PAPER_CONFIGS, EvaluateConfig, TrainConfig, default_home
 from hitmodels.config import tracking_uri as resolve_tracking_uri
+from pipelines.train import add_fit_arguments, fit_settings
 
 
 def load_source(source: Path, spotify_descriptors: bool = True) -> pd.DataFrame:
@@ -60,7 +61,7 @@ def _names(text: str, allowed, what: str) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d, e = TrainConfig(), EvaluateConfig()
+    e = EvaluateConfig()
     p.add_argument("source", type=Path, help="model table (Parquet) or SPD directory with 'Features Extracted/'")
     p.add_argument("--out", type=Path, default=None, help="report directory (default $HITMUSIC_HOME/report)")
     p.add_argument("--configs", default=",".join(e.configs),
@@ -69,18 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baselines", default=",".join(e.baselines),
                    help=f"baselines to run, '' for none (default {','.join(e.baselines)})")
     p.add_argument("--folds", type=int, default=e.n_folds, help=f"CV folds (default {e.n_folds})")
-    p.add_argument("--epochs", type=int, default=d.mlp_epochs,
-                   help=f"maximum epochs for the autoencoder and each MLP (default {d.mlp_epochs})")
-    p.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
-    p.add_argument("--class-scheme", choices=["fixed", "quartiles"], default=d.class_scheme,
-                   help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
-    p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
-                   help="3-class cross-entropy weights: none (default) or balanced (n / (3 * class count))")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
-                   help="where the networks train: auto (default: CUDA when a GPU is visible), cpu or cuda")
-    p.add_argument("--coverage", type=float, default=d.coverage,
-                   help=f"conformal interval coverage (default {d.coverage})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    add_fit_arguments(p)
     p.add_argument("--max-rows", type=int, default=None, help="evaluate a random sample of this many rows")
     p.add_argument("--no-spotify-descriptors", action="store_true",
                    help="SPD directory only: leave out Spotify's acousticness, danceability, ... columns")
@@ -134,9 +124,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
     configs = _names(args.configs, PAPER_CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")
-    base = TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs, patience=args.patience,
-                       class_scheme=args.class_scheme, class_weight=args.class_weight, device=args.device,
-                       coverage=args.coverage, seed=args.seed)
+    base = TrainConfig(**fit_settings(args))
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
                    experiment=args.experiment)
     table = load_source(args.source, not args.no_spotify_descriptors)

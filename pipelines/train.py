@@ -41,9 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default=d.model_name, help=f"registered model name (default {d.model_name})")
     p.add_argument("--experiment", default=d.experiment, help=f"MLflow experiment (default {d.experiment})")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
-    p.add_argument("--epochs", type=int, default=d.mlp_epochs,
-                   help=f"maximum epochs for the autoencoder and for each MLP (default {d.mlp_epochs})")
-    p.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
     p.add_argument("--delta", type=float, default=None, help="autoencoder code size / input size (overrides --config)")
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"MLP dropout (default {d.dropout})")
     p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default=None,
@@ -53,6 +50,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initialiser", choices=sorted(INITIALISERS), default=None,
                    help="MusicPopNet's weight initialiser (overrides --config)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
+    p.add_argument("--no-classifier", action="store_true",
+                   help="skip the 3-class MusicPopNet (class then comes from the predicted popularity)")
+    add_fit_arguments(p)
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of how every network is fitted, shared by ``train`` and ``evaluate``; see :func:`fit_settings`."""
+    d = TrainConfig()
+    p.add_argument("--epochs", type=int, default=d.mlp_epochs,
+                   help=f"maximum epochs for the autoencoder and for each MLP (default {d.mlp_epochs})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"early-stopping patience (default {d.patience})")
     p.add_argument("--class-scheme", choices=["fixed", "quartiles"], default=d.class_scheme,
                    help="classes by eq. (4) thresholds 25/65 (fixed, default) or training quartiles Q1/Q3")
     p.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
@@ -61,17 +69,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the networks train: auto (default: CUDA when a GPU is visible), cpu or cuda")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"target coverage of the conformal interval (default {d.coverage})")
-    p.add_argument("--no-classifier", action="store_true",
-                   help="skip the 3-class MusicPopNet (class then comes from the predicted popularity)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
 
 
+def fit_settings(args: argparse.Namespace) -> dict:
+    """The :class:`TrainConfig` fields set by :func:`add_fit_arguments`."""
+    return {"ae_epochs": args.epochs, "mlp_epochs": args.epochs, "patience": args.patience,
+            "class_scheme": args.class_scheme, "class_weight": args.class_weight, "device": args.device,
+            "coverage": args.coverage, "seed": args.seed}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, ae_epochs=args.epochs,
-                      mlp_epochs=args.epochs, patience=args.patience, lr=args.lr, class_scheme=args.class_scheme,
-                      class_weight=args.class_weight, device=args.device,
-                      coverage=args.coverage, classifier=not args.no_classifier, seed=args.seed,
-                      model_name=args.model_name, experiment=args.experiment)
+    cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, classifier=not args.no_classifier,
+                      model_name=args.model_name, experiment=args.experiment, **fit_settings(args))
     if args.config:
         cfg = paper_config(args.config, cfg)
     overrides = {k: v for k, v in {"delta": args.delta, "optimizer": args.optimizer,

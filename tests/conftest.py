@@ -33,7 +33,7 @@ def mlflow_uri(tmp_path_factory) -> str:
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     yield uri
-    stop_process(proc.pid)
+    stop_process(proc)
     if old is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:

@@ -25,7 +25,7 @@ import soundfile as sf
 
 from hitmodels import features
 from hitmodels.config import FeatureConfig
-from hitmodels.services import free_port
+from hitmodels.services import free_port, stop_process
 from pipelines import extract
 
 pytestmark = pytest.mark.integration
@@ -232,33 +232,6 @@ print(json.dumps({"counts": dict(counts), "nodes": [n["NodeID"] for n in ray.nod
 """
 
 
-def _stop_group(proc) -> None:
-    """SIGTERM the process group we started ``proc`` in, SIGKILL what lingers. Unlike a plain group kill
-    loop this reaps ``proc`` itself, whose zombie would otherwise keep the group alive."""
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    # `ray start --block` takes ~20 s to wind its node down on SIGTERM; a throwaway test cluster need not
-    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-    proc.wait()
-
-
 def _kill_leftovers(tag: str) -> None:
     """SIGKILL processes of ours that outlived their process group: those whose command line names our own
     temp dir. Nothing else on the machine is touched (no `ray stop`, which stops every Ray here)."""
@@ -299,7 +272,8 @@ def two_node_cluster():
         yield {"address": f"127.0.0.1:{port}", "env": env, "tmp": Path(tmp)}
     finally:
         for p in reversed(procs):
-            _stop_group(p)
+            # `ray start --block` takes ~20 s to wind its node down on SIGTERM; a throwaway cluster need not
+            stop_process(p, timeout_s=10.0, term_grace_s=3.0)
         for f in logs:
             f.close()
         _kill_leftovers(tmp)

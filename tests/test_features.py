@@ -22,24 +22,6 @@ def test_real_preview_decodes_at_native_rate(shared_dir, name):
     assert y.dtype == np.float32 and np.isfinite(y).all() and 0.05 < np.abs(y).max() < 2.0
 
 
-def _deviation(ours: dict, ref: dict) -> dict[str, float]:
-    """Relative deviation of every summary statistic from the reference.
-
-    A mean is measured against ``max(|reference mean|, reference std)`` of the same column, a statistic with
-    no std of its own (the std itself, roll-off min/max) against ``max(|value|, roll-off std)`` or
-    ``|value|``: means that hover near 0 (tonnetz, high MFCCs) are judged on the feature's own scale over the
-    frames rather than on a value that may be 1e-4 of it. A floor of 1e-12 covers exact zeros."""
-    out = {}
-    for k, r in ref.items():
-        scale = abs(r)
-        if f"{k}_std" in ref:
-            scale = max(scale, abs(ref[f"{k}_std"]))
-        elif k.startswith("spectral_rollOff_m"):
-            scale = max(scale, abs(ref["spectral_rollOff_std"]))
-        out[k] = abs(ours[k] - r) / max(scale, 1e-12)
-    return out
-
-
 @pytest.mark.parametrize("name", PREVIEWS)
 def test_every_statistic_matches_naive_librosa_on_real_audio(shared_dir, name):
     """Each of the summary statistics against the one-librosa-call-per-feature way (the paper's code)."""
@@ -48,7 +30,7 @@ def test_every_statistic_matches_naive_librosa_on_real_audio(shared_dir, name):
     ours = audio.audio_features(y, sr, cfg)
     ref = audio.reference_audio_features(y, sr, cfg)
     assert list(ours) == list(ref) == audio.audio_feature_names(cfg)
-    dev = _deviation(ours, ref)
+    dev = audio.summary_deviations(ours, ref)
     worst = sorted(dev, key=dev.get, reverse=True)[:5]
     assert dev[worst[0]] <= 1e-3, [(k, dev[k], ours[k], ref[k]) for k in worst]
     # the reference itself is plain librosa: spot-check two columns by hand

@@ -15,7 +15,7 @@ from hitmodels import audio, audio_torch, features
 from hitmodels.config import FeatureConfig
 from pipelines import extract
 
-from test_features import PREVIEWS, _deviation, _music
+from test_features import PREVIEWS, _music
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ def _one_thread():
 
 
 def _worst(ours: dict, ref: dict, n: int = 5) -> list:
-    dev = _deviation(ours, ref)
+    dev = audio.summary_deviations(ours, ref)
     return [(k, dev[k], ours[k], ref[k]) for k in sorted(dev, key=dev.get, reverse=True)[:n]]
 
 

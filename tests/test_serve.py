@@ -26,7 +26,7 @@ def registry(tmp_path_factory):
     port = free_port()
     proc = start_mlflow(tmp_path_factory.mktemp("serve-mlflow"), "127.0.0.1", port)
     yield {"uri": f"http://127.0.0.1:{port}", "proc": proc}
-    stop_process(proc.pid)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_hot_swap_then_registry_outage(app):
     assert seen == {v1, v2}
     assert httpx.get(f"{url}/healthz", timeout=30).json()["model_version"] == v2
 
-    stop_process(app["proc"].pid)
+    stop_process(app["proc"])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         h = httpx.get(f"{url}/healthz", timeout=30).json()
