@@ -11,13 +11,17 @@ one librosa call per feature from the signal as the paper's published code does;
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import io
 import os
+import tempfile
+import threading
 import urllib.parse
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import librosa
 import numpy as np
@@ -25,6 +29,42 @@ import scipy.fft
 import soundfile as sf
 
 from .config import FeatureConfig
+
+
+_F = TypeVar("_F", bound=Callable)
+_compiled: set[str] = set()
+_holding = threading.local()
+
+
+def compile_serialised(fn: _F) -> _F:
+    """Run ``fn``'s first successful call in this process under a machine-wide file lock.
+
+    librosa's gufuncs (piptrack's interpolation, zero crossings, local maxima) are numba-compiled with
+    ``cache=True``, and numba writes a gufunc's two cache files without atomicity between them: extraction
+    workers that compile at the same moment can leave a mixed pair that crashes (SIGSEGV) every process that
+    loads it later (numba issue 10128). Under the lock the first process compiles and writes the cache and
+    the others wait, then load it; later calls take no lock."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if fn.__qualname__ in _compiled or getattr(_holding, "lock", False):
+            return fn(*args, **kwargs)
+        try:
+            lock = open(Path(tempfile.gettempdir()) / "hitmusic-numba-compile.lock", "a")
+        except OSError:  # another user's lock file: compile unguarded rather than not at all
+            return fn(*args, **kwargs)
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _holding.lock = True  # a guarded call inside this one must not wait on our own lock
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                _holding.lock = False
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _compiled.add(fn.__qualname__)
+        return result
+
+    return wrapper  # type: ignore[return-value]
 
 
 class AudioError(Exception):
@@ -610,6 +650,7 @@ def summarise(frames: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+@compile_serialised
 def audio_features(y: np.ndarray, sr: int, cfg: FeatureConfig = FeatureConfig()) -> dict[str, float]:
     """All summary audio features of one clip as ``{column: value}``."""
     return summarise(frame_features(y, sr, cfg))
@@ -639,6 +680,7 @@ def _energy_entropy_framewise(y: np.ndarray, frame_length: int, hop_length: int,
     return -np.sum(p * np.log2(p + 1e-12), axis=0)
 
 
+@compile_serialised
 def reference_frame_features(y: np.ndarray, sr: int, cfg: FeatureConfig = FeatureConfig()) -> dict[str, np.ndarray]:
     """The same frame-level features the naive way: one librosa call per feature, each from the signal, as
     the paper's published extraction code does (every call computes its own STFT; chroma and tonnetz each

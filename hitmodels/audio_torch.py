@@ -384,6 +384,7 @@ def _frame_features(y: torch.Tensor, lengths: Sequence[int], sr: int, cfg: Featu
     return {name: feats[name] for name in order}, counts
 
 
+@audio.compile_serialised
 def frame_features_batch(y: torch.Tensor, sr: int, cfg: FeatureConfig = FeatureConfig(),
                          lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Every frame-level feature of a batch of clips, each ``(batch, n_dims, n_frames)``, named and ordered
@@ -405,6 +406,7 @@ def frame_features_batch(y: torch.Tensor, sr: int, cfg: FeatureConfig = FeatureC
     return out
 
 
+@audio.compile_serialised
 def audio_features_batch(clips: Sequence[np.ndarray], sr: int, cfg: FeatureConfig = FeatureConfig(),
                          device: torch.device | str | None = None) -> list[dict[str, float]]:
     """All summary audio features of each clip, as :func:`hitmodels.audio.audio_features` gives them (same

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import secrets
 import os
 import shutil
 import signal
@@ -243,6 +244,15 @@ def _kill_leftovers(tag: str) -> None:
             pass
 
 
+def _wait_started(proc: subprocess.Popen, log: Path, name: str, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while b"Ray runtime started" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            state = f"exited with {proc.returncode}" if proc.returncode is not None else f"not up in {timeout_s:.0f} s"
+            pytest.fail(f"`ray start` of {name} {state}:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture()
 def two_node_cluster():
     """`ray start --head` and a second `ray start --address` node, 1 CPU each, on free loopback ports with
@@ -251,8 +261,9 @@ def two_node_cluster():
     # Short: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
     tmp = tempfile.mkdtemp(prefix="hm-ray-", dir="/tmp")
     port = free_port()
-    # token auth as everywhere in this project (the token in ~/.ray/auth_token is reused, never regenerated)
-    env = dict(os.environ, RAY_AUTH_MODE="token")
+    # token auth as everywhere in this project, with a token of the fixture's own: a fresh machine has no
+    # ~/.ray/auth_token, and the user's is neither read nor written
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     common = ["--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--node-ip-address", "127.0.0.1",
               "--disable-usage-stats", "--block"]
@@ -269,6 +280,9 @@ def two_node_cluster():
                 [ray_bin, "start", *args, "--temp-dir", f"{tmp}/{name}", "--dashboard-agent-listen-port",
                  str(free_port()), *common], env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
                 start_new_session=True))
+            # each node must be up before the next joins and the driver connects: a node that dies or hangs
+            # fails here with its log, not as a driver that waits on an absent GCS until the test's timeout
+            _wait_started(procs[-1], Path(f"{tmp}/{name}.log"), name)
         yield {"address": f"127.0.0.1:{port}", "env": env, "tmp": Path(tmp)}
     finally:
         for p in reversed(procs):
@@ -287,10 +301,14 @@ def test_extract_job_spreads_over_a_two_node_cluster(tiny_catalogue, tmp_path, t
     marker = tmp_path / "ran_on"
     marker.mkdir()
     env = dict(two_node_cluster["env"], RAY_ADDRESS=two_node_cluster["address"])
-    done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(manifest), str(tmp_path / "out"),
-                           str(marker)], env=env, capture_output=True, text=True, timeout=300)
-    logs = "".join(p.read_text(errors="replace")[-2000:] for p in two_node_cluster["tmp"].glob("*.log"))
-    assert done.returncode == 0, done.stderr[-4000:] + logs
+    logs = lambda: "".join(p.read_text(errors="replace")[-2000:] for p in two_node_cluster["tmp"].glob("*.log"))
+    try:
+        done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(manifest), str(tmp_path / "out"),
+                               str(marker)], env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"driver timed out; its stderr:\n{(exc.stderr or b'')[-4000:].decode(errors='replace')}\n"
+                    f"node logs:\n{logs()}")
+    assert done.returncode == 0, done.stderr[-4000:] + logs()
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["counts"] == {"ok": 16}
     assert len(result["nodes"]) == 2

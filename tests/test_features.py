@@ -228,3 +228,35 @@ def test_lyric_features_spanish_uses_spanish_stopwords_and_syllables():
 @pytest.mark.parametrize("text", ["", None, "   \r\n\r\n  ", "123 456 !!!"])
 def test_lyric_features_missing_convention(text):
     assert lyrics.lyric_features(text) == {k: -1.0 for k in lyrics.FEATURE_NAMES}
+
+
+def test_first_call_waits_for_the_compile_lock_and_later_calls_do_not(tmp_path, monkeypatch):
+    """Extraction workers compile librosa's cached gufuncs one at a time (numba writes their cache files
+    non-atomically; concurrent compiles left a crashing cache): the first call of a guarded function waits
+    while another process holds the lock, later calls never touch it."""
+    import fcntl
+    import threading
+
+    monkeypatch.setattr(audio.tempfile, "gettempdir", lambda: str(tmp_path))
+    calls = []
+
+    @audio.compile_serialised
+    def extract(x):
+        calls.append(x)
+        return x * 2
+
+    other = open(tmp_path / "hitmusic-numba-compile.lock", "a")  # another worker compiling right now
+    fcntl.flock(other, fcntl.LOCK_EX)
+    first = threading.Thread(target=extract, args=(1,))
+    first.start()
+    first.join(timeout=1.0)
+    assert first.is_alive() and calls == [], "the first call ran while another process held the lock"
+    fcntl.flock(other, fcntl.LOCK_UN)
+    first.join(timeout=10)
+    assert calls == [1]
+    fcntl.flock(other, fcntl.LOCK_EX)  # held again: a warm process goes straight through
+    try:
+        assert extract(2) == 4 and calls == [1, 2]
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        other.close()
