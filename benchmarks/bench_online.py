@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,8 +29,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hitmodels.config import ServeSettings, TrainConfig  # noqa: E402
-from hitmodels.services import free_port, start_mlflow, stop_process, wait_http  # noqa: E402
+from hitmodels.config import ServeSettings, ServiceConfig, TrainConfig  # noqa: E402
+from hitmodels.services import (INGRESS_CHOICES, free_port, serve_ingress_in_use, serve_runtime_env,  # noqa: E402
+                                start_mlflow, stop_process, wait_http)
 from tables import random_table  # noqa: E402
 
 
@@ -103,13 +105,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
     p.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200], help="offered loads, req/s")
+    p.add_argument("--ingress", choices=INGRESS_CHOICES, default=ServiceConfig().serve_ingress,
+                   help="Serve's HTTP ingress: haproxy, Ray's Python proxy, or auto (haproxy where installed); "
+                        "default $HITMUSIC_SERVE_INGRESS or auto")
     args = p.parse_args()
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))
+    os.environ.update(serve_runtime_env(args.ingress, private_dir=haproxy_dir))  # before Ray starts
 
     import ray
 
     from hitmodels.registry import promote
     from hitmodels.train import train
-    from serve.deploy import deploy
+    from serve.deploy import PROXY_LOGGING, deploy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-online-"))
     mlflow_port, serve_port, plain_port = free_port(), free_port(), free_port()
@@ -127,7 +134,7 @@ def main() -> int:
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
         from ray import serve
 
-        serve.start(http_options={"host": "127.0.0.1", "port": serve_port})
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port}, logging_config=PROXY_LOGGING)
         serve_url = deploy(ServeSettings(model_name="bench", tracking_uri=uri, poll_interval_s=3600),
                            port=serve_port, app_name="bench", route_prefix="/")
         direct_url = deploy(ServeSettings(model_name="bench", tracking_uri=uri, poll_interval_s=3600,
@@ -140,7 +147,7 @@ def main() -> int:
                                  start_new_session=True)
         wait_http(f"http://127.0.0.1:{plain_port}/healthz", timeout_s=120, proc=plain)
         print(f"load: {os.getloadavg()}, cpus: {os.cpu_count()}, features per row: {len(row)}")
-        print(f"Ray Serve environment: {serve_env()}")
+        print(f"Serve ingress: {serve_ingress_in_use()}; Ray Serve environment: {serve_env()}")
         results = {"serve": measure("serve", f"{serve_url}/predict", row, args.rates, args.seconds),
                    "serve-nb": measure("serve-nb", f"{direct_url}/predict", row, args.rates, args.seconds)}
         f = measure("plain", f"http://127.0.0.1:{plain_port}/predict", row, args.rates, args.seconds)
@@ -160,6 +167,8 @@ def main() -> int:
         if ray.is_initialized():
             ray.shutdown()
         stop_process(mlflow_proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
     return 0
 
 

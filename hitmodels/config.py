@@ -171,7 +171,7 @@ class ServeSettings:
     max_upload_mb: float = 20.0
     # Dynamic batching across concurrent requests (@serve.batch); 1 turns it off (each request calls the model).
     max_batch_size: int = 256
-    batch_wait_timeout_s: float = 0.002
+    batch_wait_timeout_s: float = 0.0
 
     @classmethod
     def from_args(cls, args: dict) -> "ServeSettings":
@@ -196,6 +196,10 @@ class ServiceConfig:
     mlflow_port: int = 5000
     serve_port: int = 8000
     ray_dashboard_port: int = 8265
+    # Serve's HTTP ingress: "haproxy" (HAProxy in front of the replicas' own HTTP servers: ~3x less latency
+    # per request than Ray's Python proxy on 2 cores, benchmarks/README.md), "proxy" (Ray's Python proxy),
+    # or "auto" (haproxy where the binary is installed). Read when Ray starts: $HITMUSIC_SERVE_INGRESS.
+    serve_ingress: str = field(default_factory=lambda: os.environ.get("HITMUSIC_SERVE_INGRESS", "auto"))
 
     @property
     def tracking_uri(self) -> str:

@@ -107,6 +107,63 @@ def _group_gone(pgid: int, popen: subprocess.Popen | None, deadline: float) -> b
     return False
 
 
+INGRESS_CHOICES = ("auto", "haproxy", "proxy")
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy executable Serve would run: ``$RAY_SERVE_HAPROXY_BINARY_PATH``, ``haproxy`` on PATH, or
+    Debian's /usr/sbin/haproxy (not on a non-root user's PATH); None if there is none."""
+    for candidate in (os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"), shutil.which("haproxy"),
+                      "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def serve_runtime_env(ingress: str = "auto", private_dir: Path | None = None) -> dict[str, str]:
+    """``RAY_SERVE_*`` settings for the processes of a Ray instance about to start (Serve reads them once,
+    at import, in its controller, proxies and replicas, so they go in the environment of ``ray start`` or of
+    the driver that starts a local instance).
+
+    Serve runs throughput-optimised (request path on the replica's own event loop, gRPC between proxy and
+    replicas, GC frozen after start-up) and, with ``ingress`` "haproxy" (or "auto" where HAProxy is
+    installed), HAProxy on the HTTP port forwards straight to each replica's own HTTP server instead of
+    Ray's Python proxy, which is the larger part of a single-track request's latency on a small machine.
+
+    ``private_dir``: for a throwaway instance next to others on one machine (tests, benchmarks): HAProxy's
+    stats and metrics ports and the fallback proxy's port become free ports instead of the fixed 8404, 9101
+    and 8500, and HAProxy's config, sockets and state live under that (short: Unix socket paths) directory.
+    """
+    if ingress not in INGRESS_CHOICES:
+        raise ValueError(f"serve ingress must be one of {INGRESS_CHOICES}, not {ingress!r}")
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    binary = haproxy_binary()
+    if ingress == "haproxy" and binary is None:
+        raise RuntimeError("serve ingress 'haproxy' asked for, but no haproxy executable was found (install "
+                           "Debian's haproxy package, or set RAY_SERVE_HAPROXY_BINARY_PATH)")
+    if binary is not None and ingress != "proxy":
+        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=binary)
+    if private_dir is not None:
+        d = Path(private_dir)
+        env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
+                   RAY_SERVE_FALLBACK_PROXY_HTTP_PORT=str(free_port()),
+                   RAY_SERVE_FALLBACK_PROXY_GRPC_PORT=str(free_port()),
+                   RAY_SERVE_HAPROXY_CONFIG_FILE_LOC=str(d / "haproxy.cfg"),
+                   RAY_SERVE_HAPROXY_SOCKET_PATH=str(d / "admin.sock"),
+                   RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH=str(d / "metrics.sock"),
+                   RAY_SERVE_HAPROXY_SERVER_STATE_BASE=str(d),
+                   RAY_SERVE_HAPROXY_SERVER_STATE_FILE=str(d / "server-state"),
+                   # replicas behind a direct ingress drain at least 30 s before stopping so that load
+                   # balancers notice; a throwaway instance is stopped whole, and 30 s per test teardown adds up
+                   RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S="3")
+    return env
+
+
+def serve_ingress_in_use() -> str:
+    """Which HTTP ingress Serve of the Ray instance this process starts or joins uses: haproxy or proxy."""
+    return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
+
+
 def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:
     """``ray start --head`` on loopback, with the dashboard (needed by ``ray job submit``)."""
     cmd = [_bin("ray"), "start", "--head", "--node-ip-address", cfg.host, "--dashboard-host", cfg.host,
@@ -115,6 +172,7 @@ def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:
         cmd += ["--num-cpus", str(num_cpus)]
     # `ray job submit -- python -m pipelines.x` runs `python` from the head's PATH: make it this environment's.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(serve_runtime_env(cfg.serve_ingress))
     subprocess.run(cmd, check=True, env=env)
 
 
@@ -161,4 +219,7 @@ def init_ray(**kwargs) -> None:
     import ray
 
     if not ray.is_initialized():
+        # a local instance started here gets the same Serve settings as `hitmusic up` gives its cluster
+        for k, v in serve_runtime_env(ServiceConfig().serve_ingress).items():
+            os.environ.setdefault(k, v)
         ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)

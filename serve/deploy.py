@@ -17,6 +17,8 @@ from hitmodels.config import ServeSettings
 from hitmodels.services import init_ray
 
 APP_NAME = "hitmusic"
+# the proxy, like the replicas, writes no line per request (see serve/app.py)
+PROXY_LOGGING = {"enable_access_log": False}
 
 
 def deploy(settings: ServeSettings = ServeSettings(), host: str = "127.0.0.1", port: int = 8000,
@@ -28,7 +30,7 @@ def deploy(settings: ServeSettings = ServeSettings(), host: str = "127.0.0.1", p
     from serve.app import HitMusicService
 
     init_ray()
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=PROXY_LOGGING)
     serve.run(HitMusicService.bind(asdict(settings)), name=app_name, route_prefix=route_prefix)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 

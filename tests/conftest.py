@@ -6,12 +6,14 @@ All bind to 127.0.0.1 on free ports and are stopped at the end of the session.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from hitmodels.config import SynthConfig
-from hitmodels.services import free_port, start_mlflow, stop_process
+from hitmodels.config import ServiceConfig, SynthConfig
+from hitmodels.services import free_port, serve_runtime_env, start_mlflow, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HITMUSIC_SHARED", REPO.parent / "shared"))
@@ -56,6 +58,11 @@ def s3_endpoint() -> str:
     os.environ.update(env)
     yield endpoint
     server.stop()
+    _restore(old)
+
+
+def _restore(old: dict[str, str | None]) -> None:
+    """Put environment variables back as they were (None: unset)."""
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -68,6 +75,12 @@ def ray_local(mlflow_uri, s3_endpoint):
     """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI and the S3 endpoint."""
     import ray
 
+    # Serve as `hitmusic up` runs it (HAProxy ingress where installed), on ports and paths of its own so
+    # that a user's running services on this machine are not touched; set before Ray or Serve is imported
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))  # short: Unix socket paths
+    serve_env = serve_runtime_env(ServiceConfig().serve_ingress, private_dir=haproxy_dir)
+    old = {k: os.environ.get(k) for k in serve_env}
+    os.environ.update(serve_env)
     # address="local": always a fresh instance of our own, even if a `ray start` cluster runs on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {k: os.environ[k] for k in (
@@ -80,6 +93,8 @@ def ray_local(mlflow_uri, s3_endpoint):
         serve.shutdown()
     finally:
         ray.shutdown()
+        _restore(old)
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,23 @@ def test_health_model_features_and_docs(app):
     assert {"/predict", "/predict/audio", "/healthz", "/model"} <= set(paths)
 
 
+def test_http_port_is_served_by_haproxy_where_it_is_installed(app, serve_port):
+    """With HAProxy installed (make setup installs it where it can) Serve's HTTP port is HAProxy's, in
+    front of the replicas' own HTTP servers; without it, Ray's Python proxy's."""
+    import psutil
+
+    from hitmodels.services import haproxy_binary, serve_ingress_in_use
+
+    owners = {psutil.Process(c.pid).name() for c in psutil.net_connections("tcp")
+              if c.status == psutil.CONN_LISTEN and c.laddr.port == serve_port and c.pid}
+    if haproxy_binary() is None:
+        assert serve_ingress_in_use() == "proxy"
+        pytest.skip("haproxy is not installed here: Serve uses Ray's Python proxy")
+    assert serve_ingress_in_use() == "haproxy"
+    assert owners == {"haproxy"}, owners
+    assert httpx.get(f"{app['url']}/healthz", timeout=30).json()["status"] == "ok"
+
+
 def test_predict_returns_popularity_class_and_version(app):
     url = app["url"]
     resp = httpx.post(f"{url}/predict", json={"rows": [good_row(url)] * 3}, timeout=30)
@@ -70,6 +87,28 @@ def test_predict_returns_popularity_class_and_version(app):
     assert len(body["predictions"]) == 3
     for p in body["predictions"]:
         assert p["track_id"] == "x1" and 0 <= p["popularity"] <= 100 and p["class"] in {"low", "medium", "high"}
+
+
+def test_lone_requests_skip_the_batcher_and_overlapping_ones_share_it(app):
+    """A request alone in the replica calls the model directly (no batch wait); requests that overlap go
+    through @serve.batch; both give the same answer for the same row."""
+    url = app["url"]
+    row = good_row(url)
+    counts = lambda: httpx.get(f"{url}/healthz", timeout=30).json()["replica"]
+    before = counts()
+    alone = [httpx.post(f"{url}/predict", json={"rows": [row]}, timeout=30).json() for _ in range(3)]
+    after_alone = counts()
+    assert after_alone["requests_direct"] - before["requests_direct"] == 3
+    assert after_alone["requests_batched"] == before["requests_batched"]
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_connections=64)) as client, \
+            cf.ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda _: client.post(f"{url}/predict", json={"rows": [row] * 4}), range(200)))
+    assert all(r.status_code == 200 for r in together)
+    assert counts()["requests_batched"] > after_alone["requests_batched"], "200 overlapping requests, none batched"
+    lone = alone[0]["predictions"][0]
+    for r in together:
+        for p in r.json()["predictions"]:
+            assert p["popularity"] == pytest.approx(lone["popularity"], abs=1e-4) and p["class"] == lone["class"]
 
 
 @pytest.mark.parametrize("mutate, loc_field, msg", [

@@ -25,3 +25,36 @@ def test_stop_process_kills_the_group_and_reaps_a_popen_that_ignores_sigterm():
         os.killpg(pgid, 0)
     proc.stdout.close()
     stop_process(proc)  # already gone: a no-op
+
+
+def test_serve_runtime_env_picks_haproxy_only_where_it_exists(tmp_path, monkeypatch):
+    from hitmodels import services
+
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
+    env = services.serve_runtime_env("auto")
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(fake)
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in services.serve_runtime_env("proxy")
+
+    monkeypatch.setattr(services, "haproxy_binary", lambda: None)
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in services.serve_runtime_env("auto")  # falls back to Ray's proxy
+    with pytest.raises(RuntimeError, match="no haproxy executable"):
+        services.serve_runtime_env("haproxy")
+    with pytest.raises(ValueError, match="must be one of"):
+        services.serve_runtime_env("nginx")
+
+
+def test_private_serve_env_moves_fixed_ports_and_paths_out_of_the_way(tmp_path):
+    from hitmodels.services import serve_runtime_env
+
+    env = serve_runtime_env("proxy", private_dir=tmp_path)
+    ports = [int(env[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                   "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")]
+    assert not {8404, 9101, 8500} & set(ports)
+    for k in ("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "RAY_SERVE_HAPROXY_SOCKET_PATH",
+              "RAY_SERVE_HAPROXY_SERVER_STATE_FILE"):
+        assert env[k].startswith(str(tmp_path))
+    assert "RAY_SERVE_HAPROXY_STATS_PORT" not in serve_runtime_env("proxy")  # `hitmusic up`: Ray's defaults
