@@ -108,6 +108,7 @@ def _group_gone(pgid: int, popen: subprocess.Popen | None, deadline: float) -> b
 
 
 INGRESS_CHOICES = ("auto", "haproxy", "proxy")
+HAPROXY_DEFAULT_BASE = "/tmp/haproxy-serve"  # Ray Serve's default for its HAProxy config, sockets and state
 
 
 def haproxy_binary() -> str | None:
@@ -194,9 +195,27 @@ def up(cfg: ServiceConfig) -> dict[str, str]:
             "serve": cfg.serve_url}
 
 
+def stop_serve_haproxy(base: str | None = None) -> list[int]:
+    """SIGTERM the HAProxy processes Serve started with their config under ``base`` (Serve's state directory:
+    ``$RAY_SERVE_HAPROXY_SERVER_STATE_BASE``, default /tmp/haproxy-serve); returns their pids. ``ray stop``
+    kills Ray's own processes but not the HAProxy a Serve actor runs, which would keep the HTTP port."""
+    base = (base or os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE") or HAPROXY_DEFAULT_BASE).rstrip("/") + "/"
+    stopped = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode()).name == "haproxy" and any(a.startswith(base.encode()) for a in argv):
+                os.kill(int(pid), signal.SIGTERM)
+                stopped.append(int(pid))
+        except (OSError, IndexError, UnicodeDecodeError):
+            pass  # gone meanwhile, or not ours to read
+    return stopped
+
+
 def down(cfg: ServiceConfig) -> None:
     """Stop Serve, Ray and the MLflow server started by :func:`up`."""
     stop_ray()
+    stop_serve_haproxy()
     pid_file = cfg.run_dir / "mlflow.pid"
     if pid_file.exists():
         stop_process(int(pid_file.read_text()))

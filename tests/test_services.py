@@ -58,3 +58,27 @@ def test_private_serve_env_moves_fixed_ports_and_paths_out_of_the_way(tmp_path):
               "RAY_SERVE_HAPROXY_SERVER_STATE_FILE"):
         assert env[k].startswith(str(tmp_path))
     assert "RAY_SERVE_HAPROXY_STATS_PORT" not in serve_runtime_env("proxy")  # `hitmusic up`: Ray's defaults
+
+
+def test_stop_serve_haproxy_stops_only_haproxies_under_its_base(tmp_path):
+    """`hitmusic down` must free the HTTP port that Serve's HAProxy holds after `ray stop`, and touch no
+    other process: a stand-in named haproxy with its config under the base is stopped, one elsewhere is not."""
+    import os
+    import subprocess
+    import sys
+
+    from hitmodels.services import stop_process, stop_serve_haproxy
+
+    fake = tmp_path / "bin" / "haproxy"
+    fake.parent.mkdir()
+    fake.symlink_to(sys.executable)
+    base, other = tmp_path / "haproxy-serve", tmp_path / "elsewhere"
+    sleeper = "import time; time.sleep(60)"
+    ours = subprocess.Popen([str(fake), "-c", sleeper, "-f", f"{base}/node/haproxy.cfg"], start_new_session=True)
+    theirs = subprocess.Popen([str(fake), "-c", sleeper, "-f", f"{other}/haproxy.cfg"], start_new_session=True)
+    try:
+        assert stop_serve_haproxy(str(base)) == [ours.pid]
+        assert ours.wait(timeout=10) != 0 and theirs.poll() is None
+    finally:
+        for p in (ours, theirs):
+            stop_process(p, timeout_s=5)
