@@ -151,7 +151,9 @@ def main() -> int:
         results = {"serve": measure("serve", f"{serve_url}/predict", row, args.rates, args.seconds),
                    "serve-nb": measure("serve-nb", f"{direct_url}/predict", row, args.rates, args.seconds)}
         f = measure("plain", f"http://127.0.0.1:{plain_port}/predict", row, args.rates, args.seconds)
-        print("\nserve: @serve.batch (max_batch_size 256, 2 ms); serve-nb: batching off (max_batch_size 1)")
+        d = ServeSettings()
+        print(f"\nserve: @serve.batch for overlapping requests (max_batch_size {d.max_batch_size}, wait "
+              f"{d.batch_wait_timeout_s * 1000:g} ms); serve-nb: batching off (max_batch_size 1)")
         for name, s in results.items():
             print(f"ratios {name} / plain (latency: lower is better; throughput: higher is better)")
             for rate in args.rates:

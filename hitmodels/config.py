@@ -169,7 +169,9 @@ class ServeSettings:
     poll_interval_s: float = 10.0
     max_rows: int = 1024
     max_upload_mb: float = 20.0
-    # Dynamic batching across concurrent requests (@serve.batch); 1 turns it off (each request calls the model).
+    # Dynamic batching across requests that overlap in a replica (@serve.batch); 1 turns it off. The batcher
+    # waits at most batch_wait_timeout_s for more requests; 0 combines only those already waiting, which
+    # measured no worse than 2 ms for this model (~0.2 ms per call) in benchmarks/bench_online.py.
     max_batch_size: int = 256
     batch_wait_timeout_s: float = 0.0
 

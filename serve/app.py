@@ -302,7 +302,7 @@ class HitMusicService:
     def __del__(self):
         self._stop.set()
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0)  # both set from ServeSettings in __init__
     async def _predict_batched(self, batches: list[np.ndarray]) -> list[tuple[Served, dict[str, np.ndarray]]]:
         served = self.holder.served  # one version for the whole batch
         # Rows were validated by validate_rows: MLflow's per-call schema enforcement over every column would
