@@ -36,8 +36,37 @@ ALBUM_COLUMNS = [
 LYRIC_FEATURE_COLUMNS = ["mean_syllables_word", "mean_words_sentence", "n_sentences", "n_words",
                          "sentence_similarity", "vocabulary_wealth"]
 
-# Metadata columns the model table derives from the Spotify tables (section IV-C of the paper plus release year).
-METADATA_COLUMNS = ["artist_popularity", "artist_followers_log", "n_available_markets", "release_year"]
+# Spotify's artist genres are fine-grained and local ("sertanejo universitario", "danish pop rock", "french
+# baroque": thousands in SPD), too many and too sparse to learn from one-hot. Each maps to the broad families
+# whose keywords it contains as whole words, so "latin hip hop" is both latin and hip_hop; a genre that
+# matches none counts as "other". A fixed vocabulary keeps the model's columns the same for every catalogue.
+GENRE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "pop": ("pop", "mandopop", "cantopop", "k-pop", "j-pop", "c-pop", "europop", "synthpop", "electropop"),
+    "rock": ("rock", "grunge", "punk", "britpop", "new wave"),
+    "hip_hop": ("hip hop", "rap", "trap", "drill", "grime", "boom bap"),
+    "electronic": ("edm", "house", "techno", "electro", "electronica", "trance", "dubstep", "drum and bass",
+                   "big room", "electropop", "synthpop", "eurodance"),
+    "rnb_soul": ("r&b", "soul", "funk", "motown", "neo soul", "urban contemporary"),
+    "latin": ("latin", "latino", "reggaeton", "salsa", "bachata", "cumbia", "sertanejo", "samba", "mpb", "forro",
+              "banda", "corrido", "corridos", "tango", "flamenco", "norteno", "ranchera", "pagode", "axe"),
+    "country_folk": ("country", "folk", "americana", "bluegrass", "singer-songwriter", "schlager"),
+    "jazz_blues": ("jazz", "blues", "swing", "bossa nova", "big band"),
+    "classical": ("classical", "baroque", "orchestra", "orchestral", "opera", "choral", "romantic era",
+                  "soundtrack", "early music"),
+    "metal": ("metal", "metalcore", "hardcore", "deathcore"),
+    "indie_alternative": ("indie", "alternative", "shoegaze", "lo-fi", "emo", "post-punk"),
+    "reggae": ("reggae", "dancehall", "ska", "dub"),
+    "other": (),
+}
+GENRE_COLUMNS = [f"genre_{family}" for family in GENRE_FAMILIES]
+_GENRE_PATTERNS = {family: re.compile(r"(?<![\w-])(" + "|".join(re.escape(k) for k in keys) + r")(?![\w-])")
+                   for family, keys in GENRE_FAMILIES.items() if keys}
+
+# Metadata columns the model table derives from the Spotify tables (section IV-C of the paper plus release year
+# and the artist's genres: a multi-hot over GENRE_FAMILIES and the number of Spotify genres). SPD's tables carry
+# no explicit-lyrics flag, so there is none here.
+METADATA_COLUMNS = ["artist_popularity", "artist_followers_log", "n_available_markets", "release_year",
+                    *GENRE_COLUMNS, "n_genres"]
 
 _SPOTIFY_ID = re.compile(r"^[0-9A-Za-z]{22}$")
 
@@ -209,8 +238,23 @@ def load_spd(root: str | Path) -> SPDCatalogue:
     )
 
 
+def genre_families(genres: list[str]) -> dict[str, float]:
+    """Spotify genres -> ``{genre_<family>: 0.0 or 1.0, ..., "n_genres": count}`` over :data:`GENRE_FAMILIES`.
+
+    >>> genre_families(["latin hip hop"])["genre_latin"], genre_families(["latin hip hop"])["genre_hip_hop"]
+    (1.0, 1.0)
+    """
+    out = dict.fromkeys(GENRE_COLUMNS, 0.0)
+    for g in genres:
+        hits = [family for family, pattern in _GENRE_PATTERNS.items() if pattern.search(str(g).lower())]
+        for family in hits or ["other"]:
+            out[f"genre_{family}"] = 1.0
+    out["n_genres"] = float(len(genres))
+    return out
+
+
 def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
-    """Per track: first artist's popularity and followers, number of markets, release year; index track_id.
+    """Per track: first artist's popularity, followers and genre families, number of markets, release year.
 
     Missing joins stay NaN: the model's preprocessing imputes them with training medians.
     """
@@ -222,9 +266,16 @@ def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
     if len(artists):
         out["artist_popularity"] = out["artist_id"].map(artists["artist_popularity"]).astype(float)
         out["artist_followers_log"] = np.log1p(out["artist_id"].map(artists["followers"]).astype(float))
+        families = artists["genres"].map(lambda v: genre_families(parse_list_literal(v)))
+        # tracks whose artist is not in the table get NaN (imputed), not "no genres"
+        genre_rows = [families.get(a) if a in families.index else None for a in out["artist_id"]]
+        empty = dict.fromkeys([*GENRE_COLUMNS, "n_genres"], np.nan)
+        out = pd.concat([out, pd.DataFrame([g or empty for g in genre_rows], index=out.index)], axis=1)
     else:
         out["artist_popularity"] = np.nan
         out["artist_followers_log"] = np.nan
+        for c in [*GENRE_COLUMNS, "n_genres"]:
+            out[c] = np.nan
     albums = cat.albums.drop_duplicates("id").set_index("id") if len(cat.albums) else pd.DataFrame()
     if len(albums):
         out["release_year"] = t["album_id"].map(albums["release_date"]).map(parse_release_year).astype(float)

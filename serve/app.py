@@ -111,6 +111,10 @@ def valid_range(column: str) -> tuple[float, float]:
         return 0.0, 100.0
     if column == "release_year":
         return 1800.0, 2200.0
+    if column.startswith("genre_"):
+        return 0.0, 1.0
+    if column == "n_genres":
+        return 0.0, math.inf
     if column in ("n_sentences", "mean_words_sentence", "n_words", "mean_syllables_word", "sentence_similarity",
                   "vocabulary_wealth"):
         return -1.0, math.inf

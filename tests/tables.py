@@ -20,6 +20,9 @@ def random_table(seed: int, n: int = 120) -> pd.DataFrame:
     df["ZCR_std"] = rng.uniform(0, 0.1, n)
     df["release_year"] = rng.integers(1990, 2020, n).astype(float)
     df["artist_popularity"] = rng.uniform(0, 100, n)
+    genres = [c for c in cols if c.startswith("genre_")]
+    df[genres] = (rng.uniform(size=(n, len(genres))) < 0.2).astype(float)
+    df["n_genres"] = df[genres].sum(axis=1) + rng.integers(0, 3, n)
     df["popularity"] = np.clip(df["artist_popularity"] * 0.8 + rng.normal(0, 5, n), 0, 100)
     df["track_id"] = [f"t{seed}_{i}" for i in range(n)]
     df["artist_id"] = "a"

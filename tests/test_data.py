@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hitmodels.data import (build_model_table, load_spd, parse_list_literal, parse_release_year,
-                            read_manifest, read_spd_csv, track_metadata, training_rows)
+from hitmodels.data import (GENRE_COLUMNS, build_model_table, genre_families, load_spd, parse_list_literal,
+                            parse_release_year, read_manifest, read_spd_csv, track_metadata, training_rows)
 
 
 def test_real_tracks_survive_bom_index_multiline_lyrics_and_broken_rows(shared_dir):
@@ -37,6 +37,30 @@ def test_real_list_literals_and_metadata(shared_dir):
     assert meta["n_available_markets"].iloc[0] == 79
     # the sample's files come from different parts of SPD: joins miss and stay NaN, never crash
     assert meta["artist_popularity"].isna().all()
+    assert meta[GENRE_COLUMNS + ["n_genres"]].isna().all(axis=None)  # unknown artist: imputed, not "no genre"
+
+
+def _families(genres):
+    out = genre_families(genres)
+    return {k.removeprefix("genre_") for k in GENRE_COLUMNS if out[k]}, out["n_genres"]
+
+
+@pytest.mark.parametrize("genres, families", [
+    (["sertanejo", "sertanejo pop", "sertanejo universitario"], {"latin", "pop"}),  # the real sample's artist
+    (["danish pop rock"], {"pop", "rock"}),
+    (["uk alternative pop"], {"pop", "indie_alternative"}),
+    (["french baroque"], {"classical"}),
+    (["classic finnish pop"], {"pop"}),
+    (["latin hip hop"], {"latin", "hip_hop"}),
+    (["k-pop"], {"pop"}),
+    (["dub"], {"reggae"}),
+    (["dubstep"], {"electronic"}),  # whole words: dubstep is not dub
+    (["popular music"], {"other"}),  # nor is popular pop
+    (["zydeco"], {"other"}),
+    ([], set()),
+])
+def test_genre_families_by_whole_words(genres, families):
+    assert _families(genres) == (families, float(len(genres)))
 
 
 def test_real_lyrics_features_use_minus_one_for_missing(shared_dir):
@@ -72,7 +96,14 @@ def test_generated_catalogue_has_spd_layout_and_quirks(tiny_catalogue):
     assert parse_list_literal(cat.tracks["artists_id"].iloc[0])[0] in set(cat.artists["id"])
     assert cat.tracks.groupby("artists_id").size().min() >= 2  # artists have several tracks
     meta = track_metadata(cat)
-    assert meta[["artist_popularity", "artist_followers_log", "release_year"]].notna().all(axis=None)
+    assert meta[["artist_popularity", "artist_followers_log", "release_year", "n_genres"]].notna().all(axis=None)
+    artists = cat.artists.set_index("id")
+    for _, row in meta.iterrows():  # each track carries its own artist's genre families
+        genres = parse_list_literal(artists.loc[row["artist_id"], "genres"])
+        assert row["n_genres"] == len(genres)
+        assert {c for c in GENRE_COLUMNS if row[c] == 1.0} == {c for c, v in genre_families(genres).items()
+                                                               if c != "n_genres" and v == 1.0}
+    assert meta[GENRE_COLUMNS].to_numpy().sum() > 0
     assert (cat.tracks["lyrics"].fillna("") == "").any()  # instrumentals without lyrics
 
 
