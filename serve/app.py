@@ -280,9 +280,9 @@ class ModelHolder:
         return True
 
 
-# No access log line per request: at hundreds of requests/s writing it is a measurable share of each request's
-# cost on a small machine (errors and warnings are still logged); `logging_config` in the config file can
-# turn it back on.
+# No access log line per request: at hundreds of requests/s it is a file write on every request's path for
+# a line nobody reads (errors and warnings are still logged; not measured on its own, see
+# benchmarks/README.md); `logging_config` in the config file turns it back on.
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=256,
                   logging_config={"enable_access_log": False})
 @serve.ingress(api)
