@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HAProxy for Ray Serve's HTTP ingress (hitmodels/services.py: serve_runtime_env). Optional: without it
-# Serve falls back to Ray's Python proxy, which works the same but adds ~4 ms to every request.
+# Serve falls back to Ray's Python proxy, which works the same but adds 3-4 ms to every request.
 # Installs Debian's package when run as root on a machine with apt-get; otherwise says what to do. Never fails
 # the setup that calls it.
 set -u
