@@ -79,7 +79,7 @@ def hitmusicnet_trial(config: dict) -> None:
     from ray import tune
 
     from hitmodels.data import feature_columns, training_rows
-    from hitmodels.train import dataset_fingerprint, fit_model, score, split_rows
+    from hitmodels.train import dataset_fingerprint, fit_model, git_commit, score, split_rows
 
     ctx = config["context"]
     cfg = hitmusicnet_config(config, TrainConfig(**ctx["base"]))
@@ -104,16 +104,36 @@ def hitmusicnet_trial(config: dict) -> None:
 
     with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=trial_name,
                           parent_run_id=ctx["parent_run_id"]):
+        # every setting of the trial's TrainConfig, so that the run alone reproduces it
+        settings = {f"train.{k}": v for k, v in asdict(cfg).items()}
         mlflow.log_params({**{k: v for k, v in config.items() if k != "context"}, "config": cfg.name,
-                           "family": "hitmusicnet", "max_epochs": cfg.mlp_epochs, "seed": cfg.seed})
+                           "family": "hitmusicnet", "max_epochs": cfg.mlp_epochs, "seed": cfg.seed, **settings})
         mlflow.set_tags({"dataset_fingerprint": dataset_fingerprint(table), "model_family": "hitmusicnet",
-                         "tune_trial": trial_name})
+                         "tune_trial": trial_name, "git_commit": git_commit()})
         fitted = fit_model(s.fit, s.val, s.fit.iloc[:0], columns, cfg, log=True, on_epoch=report)
         # reached only when early stopping ended the trial before ASHA did
         truth = s.val["popularity"].to_numpy(float)
         val = score(truth, fitted.predict(s.val), tuple(fitted.meta.thresholds),
                     float(s.fit["popularity"].median()))
         mlflow.log_metrics({f"val_{k}": v for k, v in val.items()})
+
+
+def close_stopped_trial_runs(client, experiment_id: str, parent_run_id: str, results) -> list[str]:
+    """Mark KILLED (tag ``tune_stopped_early``) the trial runs that ASHA stopped: Tune ends such a trial inside
+    ``tune.report`` (``sys.exit`` or by killing its actor), so its MLflow run would stay RUNNING or read FAILED
+    although nothing went wrong. Runs of trials that did fail keep FAILED. Returns the run ids marked."""
+    errored = {r.path and Path(r.path).name for r in results if r.error is not None}
+    marked = []
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+        trial = run.data.tags.get("tune_trial")
+        if trial is None or run.info.status == "FINISHED":
+            continue
+        if any(trial in (name or "") for name in errored):
+            continue
+        client.set_tag(run.info.run_id, "tune_stopped_early", "true")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        marked.append(run.info.run_id)
+    return marked
 
 
 def learning_curve_figure(history: dict[str, list[dict]], title: str):
@@ -303,6 +323,7 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     best = results.get_best_result(metric="val_loss", mode="min")
     cfg = fam.config(best.config, base)
     client = mlflow.MlflowClient()
+    close_stopped_trial_runs(client, experiment.experiment_id, parent_run_id, results)
     client.set_tag(parent_run_id, "best_config", cfg.name)
     client.log_metric(parent_run_id, "best_val_loss", float(best.metrics["val_loss"]))
     fingerprint = dataset_fingerprint(training_rows(pd.read_parquet(table)))

@@ -49,6 +49,12 @@ def test_trials_are_nested_runs_with_curves_and_fingerprint(tuned, mlflow_uri):
     assert len(trials) == 3
     for r in trials:
         assert {"delta", "optimizer", "initialiser", "dropout"} <= set(r.data.params)
+        # the run alone reproduces the trial: every training setting and the code's commit
+        assert r.data.params["train.patience"] == "3" and "train.batch_size" in r.data.params
+        assert r.data.tags["git_commit"]
+        # ASHA's early stops are KILLED with a tag, never left RUNNING or marked FAILED
+        assert r.info.status in ("FINISHED", "KILLED"), (r.info.status, r.data.tags)
+        assert (r.info.status == "KILLED") == (r.data.tags.get("tune_stopped_early") == "true")
         assert r.data.tags["dataset_fingerprint"].startswith("v")
         assert "val_loss" in r.data.metrics
         assert "learning_curve.png" in [a.path for a in c.list_artifacts(r.info.run_id)]
