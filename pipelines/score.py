@@ -264,25 +264,34 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 
 
 def done_track_ids(out_dir: str) -> set[str]:
-    """track_ids already scored in ``out_dir`` by an earlier (possibly interrupted) run. A part file that
+    """track_ids already scored in ``out_dir`` by an earlier (possibly interrupted) run; see :func:`scored`."""
+    return scored(out_dir)[0]
+
+
+def scored(out_dir: str) -> tuple[set[str], set[str]]:
+    """The track_ids already scored in ``out_dir`` and the model versions that scored them. A part file that
     cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as
-    not done, are scored again, and every later read of ``out_dir`` succeeds."""
+    not done, are scored again, and every later read of ``out_dir`` succeeds. Rows without a track_id cannot
+    be told apart and are not counted as done."""
     fs, path = filesystem(out_dir)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return set()
+        return set(), set()
     done: set[str] = set()
+    versions: set[str] = set()
     for info in fs.get_file_info(pafs.FileSelector(path)):
         if not info.path.endswith(".parquet"):
             continue
         try:
-            done.update(pq.read_table(info.path, columns=["track_id"], filesystem=fs)["track_id"].to_pylist())
+            part = pq.read_table(info.path, columns=["track_id", "model_version"], filesystem=fs)
+            done.update(t for t in part["track_id"].to_pylist() if t is not None)
+            versions.update(v for v in part["model_version"].to_pylist() if v is not None)
         except (pa.ArrowException, OSError) as exc:
             target = f"{path}/{QUARANTINE}/{info.base_name}"
             fs.create_dir(f"{path}/{QUARANTINE}")
             fs.move(info.path, target)
             print(f"score: {info.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
                   f"{target}, its tracks are scored again", file=sys.stderr)
-    return done
+    return done, versions
 
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
@@ -311,7 +320,12 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
-    done = done_track_ids(out_dir)
+    done, versions = scored(out_dir)
+    if versions - {ref.version}:
+        # one output, one version: finishing an interrupted run with another one would mix them silently
+        raise ValueError(f"{out_dir} already holds scores by {model_name} version(s) {sorted(versions)}, but "
+                         f"{version!r} is version {ref.version} now: score into a new directory, or pass "
+                         f"--version {sorted(versions)[0]} to finish the earlier run")
     if done:
         print(f"score: {len(done)} tracks already scored in {out_dir}: skipped", file=sys.stderr)
     schema = output_schema(model_outputs(model))

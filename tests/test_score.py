@@ -109,6 +109,31 @@ def test_score_resume_quarantines_a_part_cut_short(model, tmp_path, capsys):
 
 
 @pytest.mark.integration
+def test_resume_refuses_to_mix_versions_and_copes_with_rows_without_id(model, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines import score
+
+    table = random_table(9, n=40)
+    table.loc[5, "track_id"] = None  # a row that cannot be told apart from another: scored, never "done"
+    path = tmp_path / "table.parquet"
+    table.to_parquet(path)
+    out = tmp_path / "scores"
+    score.run(path, out, MODEL)
+    score.run(path, out, MODEL)  # resuming must not trip over the null id
+    again = score.read_scores(out)
+    assert again["track_id"].dropna().is_unique and set(again["track_id"].dropna()) == set(table["track_id"].dropna())
+
+    # an output begun by another version is not finished with this one
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(pa.table({"track_id": ["t9_0"], "model_name": [MODEL], "model_version": ["999"]}),
+                   other / "part-0.parquet")
+    with pytest.raises(ValueError, match=r"version\(s\) \['999'\].*--version 999"):
+        score.run(path, other, MODEL)
+
+
+@pytest.mark.integration
 def test_score_csv_with_missing_columns_fails_before_work(model, tmp_path):
     from pipelines import score
 
