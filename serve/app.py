@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,11 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str) -> dict[str, floa
     return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text)}
 
 
+def _iso(ms: int | None) -> str | None:
+    """MLflow's milliseconds since the epoch as ISO 8601 UTC."""
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class Served:
     """One loaded version; replaced as a whole on hot swap so a batch never mixes versions."""
@@ -252,9 +258,12 @@ class ModelHolder:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
         client = mlflow.MlflowClient(self.tracking_uri)
         mv = client.get_model_version(name, version)
-        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        metrics = run.data.metrics if run else {}
         info = {"name": name, "version": version, "alias": self.settings.alias, "run_id": mv.run_id,
-                "created": mv.creation_timestamp,
+                # when the training run started and when the version was registered, ISO 8601 UTC
+                "trained": _iso(run.info.start_time) if run else None,
+                "registered": _iso(mv.creation_timestamp), "created": mv.creation_timestamp,
                 "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")}}
         columns = model.unwrap_python_model().columns
         return Served(name, version, model, list(columns), {**info, "n_features": len(columns)})

@@ -56,6 +56,10 @@ def test_health_model_features_and_docs(app):
     assert h["status"] == "ok" and h["registry_ok"] and h["model_version"] == app["versions"][0]
     m = httpx.get(f"{url}/model", timeout=30).json()
     assert m["alias"] == "champion" and "test_mae" in m["test_metrics"] and m["run_id"]
+    from datetime import datetime
+
+    trained, registered = datetime.fromisoformat(m["trained"]), datetime.fromisoformat(m["registered"])
+    assert trained <= registered and trained.tzinfo is not None  # trained first, then registered
     assert httpx.get(f"{url}/docs", timeout=30).status_code == 200
     paths = httpx.get(f"{url}/openapi.json", timeout=30).json()["paths"]
     assert {"/predict", "/predict/audio", "/healthz", "/model"} <= set(paths)
