@@ -12,14 +12,13 @@ one librosa call per feature from the signal as the paper's published code does;
 from __future__ import annotations
 
 import fcntl
-import functools
 import io
 import os
 import tempfile
 import threading
 import urllib.parse
 import urllib.request
-from functools import lru_cache
+from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar
 
@@ -45,7 +44,7 @@ def compile_serialised(fn: _F) -> _F:
     loads it later (numba issue 10128). Under the lock the first process compiles and writes the cache and
     the others wait, then load it; later calls take no lock."""
 
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args, **kwargs):
         if fn.__qualname__ in _compiled or getattr(_holding, "lock", False):
             return fn(*args, **kwargs)
