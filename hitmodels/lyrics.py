@@ -62,11 +62,17 @@ def _hyphenator(lang: str):
 
 
 def syllables(word: str, lang: str = "en") -> int:
-    """Syllables of one word: hyphenation points + 1 where pyphen knows the language, else vowel groups."""
+    """Syllables of one word: its vowel groups (a syllable has one vowel nucleus; Latin-script vowels with
+    their accents), less English's silent final e ("love", "alone"), and never fewer than its hyphenation
+    points + 1 where pyphen knows the language (the only count for scripts without Latin vowels, e.g.
+    Cyrillic). Hyphenation alone undercounts: dictionaries never split off one letter ("a-bout", "ba-by")
+    and skip many legal points ("for-ev-er"), which gave 1 syllable for all three."""
+    groups = len(_VOWELS.findall(word))
+    if lang == "en" and groups > 1 and word.endswith("e") and not word.endswith(("le", "ee", "ye")):
+        groups -= 1
     dic = _hyphenator(lang)
-    if dic is not None:
-        return len(dic.positions(word)) + 1
-    return max(1, len(_VOWELS.findall(word)))
+    hyphenated = len(dic.positions(word)) + 1 if dic is not None else 1
+    return max(1, groups, hyphenated)
 
 
 def sentence_similarity(sents: list[str], threshold: float = 0.75) -> float:

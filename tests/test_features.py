@@ -225,6 +225,20 @@ def test_lyric_features_spanish_uses_spanish_stopwords_and_syllables():
     assert f["mean_syllables_word"] > 1.5
 
 
+@pytest.mark.parametrize("lang, counts", [
+    # hand-checked against a dictionary's syllabification; pyphen's hyphenation points alone gave 1 for
+    # baby, about, alone, every, forever (English), amor, ella (Spanish)
+    ("en", {"baby": 2, "about": 2, "alone": 2, "every": 3, "forever": 3, "love": 1, "beautiful": 3, "heart": 1,
+            "tonight": 2, "little": 2, "the": 1, "you": 1, "are": 1, "free": 1}),
+    ("es", {"amor": 2, "ella": 2, "corazón": 3, "quiero": 2, "noche": 2, "bailando": 3}),
+    ("pt", {"saudade": 3, "coração": 3, "amor": 2}),
+    ("de", {"liebe": 2, "schön": 1, "zusammen": 3, "herz": 1}),
+    ("ru", {"любовь": 2, "сердце": 2, "ночь": 1}),  # Cyrillic: pyphen's Russian hyphenation
+])
+def test_syllables_hand_checked(lang, counts):
+    assert {w: lyrics.syllables(w, lang) for w in counts} == counts
+
+
 @pytest.mark.parametrize("text", ["", None, "   \r\n\r\n  ", "123 456 !!!"])
 def test_lyric_features_missing_convention(text):
     assert lyrics.lyric_features(text) == {k: -1.0 for k in lyrics.FEATURE_NAMES}
