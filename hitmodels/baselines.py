@@ -4,6 +4,8 @@ Every baseline is fitted on the same rows and the same scaled features (the trai
 min-max scaling) as HitMusicNet, and answers with an output frame in the shape :func:`hitmodels.train.score`
 reads:
 
+- ``mean``: the floor every model must clear: the training rows' mean popularity for every track, and their
+  most frequent class;
 - ``mlr``: multiple linear regression on popularity / 100 (Table 5, "MLR");
 - ``lasso``: linear regression with an L1 penalty chosen by 3-fold CV on the training rows ("MLR + Lasso");
 - ``lda``: linear discriminant analysis, 2 classes (Table 6, "LDA 2-class");
@@ -22,13 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LassoCV, LinearRegression
 from sklearn.neural_network import MLPClassifier
 
 from .config import CLASS_NAMES
 
-LABELS = {"mlr": "MLR", "lasso": "MLR + Lasso", "lda": "LDA (2 classes)", "mlp": "MLP (2 classes)",
+LABELS = {"mean": "Predict the mean", "mlr": "MLR", "lasso": "MLR + Lasso", "lda": "LDA (2 classes)", "mlp": "MLP (2 classes)",
           "hgb": "HistGradientBoosting"}
 
 
@@ -47,7 +50,10 @@ class Baseline:
     def fit(self, X: np.ndarray, popularity: np.ndarray, thresholds: tuple[float, float],
             median: float) -> "Baseline":
         pop = np.asarray(popularity, float)
-        if self.name == "mlr":
+        if self.name == "mean":
+            self.models["popularity"] = DummyRegressor(strategy="mean").fit(X, pop / 100.0)
+            self.models["class"] = DummyClassifier(strategy="most_frequent").fit(X, np.digitize(pop, thresholds))
+        elif self.name == "mlr":
             self.models["popularity"] = LinearRegression().fit(X, pop / 100.0)
         elif self.name == "lasso":
             self.models["popularity"] = LassoCV(alphas=20, cv=3, max_iter=5000, random_state=self.seed) \
@@ -75,7 +81,7 @@ class Baseline:
 
 
 def make(name: str, seed: int = 0) -> Baseline:
-    """An unfitted baseline by name (``mlr``, ``lasso``, ``lda``, ``mlp``, ``hgb``)."""
+    """An unfitted baseline by name (``mean``, ``mlr``, ``lasso``, ``lda``, ``mlp``, ``hgb``)."""
     if name not in LABELS:
         raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(LABELS)}")
     return Baseline(name, seed)

@@ -148,7 +148,7 @@ class EvaluateConfig:
     """
 
     configs: tuple[str, ...] = ("1-A", "1-B", "2-B", "3-C")
-    baselines: tuple[str, ...] = ("mlr", "lasso", "lda", "mlp", "hgb")
+    baselines: tuple[str, ...] = ("mean", "mlr", "lasso", "lda", "mlp", "hgb")
     n_folds: int = 5
     # Ranking metrics look at the top fraction of the test rows by true popularity (Yu et al. use 10 %).
     top_fraction: float = 0.1
