@@ -96,9 +96,54 @@ def test_predict_returns_popularity_class_and_version(app):
         assert p["track_id"] == "x1" and 0 <= p["popularity"] <= 100 and p["class"] in {"low", "medium", "high"}
 
 
-def test_lone_requests_skip_the_batcher_and_overlapping_ones_share_it(app):
-    """A request alone in the replica calls the model directly (no batch wait); requests that overlap go
-    through @serve.batch; both give the same answer for the same row."""
+def test_answer_batches_only_requests_that_overlap(monkeypatch):
+    """The replica's choice, without HTTP (whether requests overlap inside a replica over HTTP depends on
+    timing): alone -> the model directly; with other requests in flight -> @serve.batch, which combines the
+    concurrent ones into one model call and hands each its own rows back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serve.app import HitMusicService, Rows, Served
+
+    calls = []
+
+    class Model:
+        def unwrap_python_model(self):
+            return self
+
+        def predict_array(self, X):
+            calls.append(len(X))
+            return {"popularity": X[:, 0] * 10.0}
+
+    from ray import serve
+
+    # @serve.batch asks the replica context for max_ongoing_requests; outside a replica there is none
+    monkeypatch.setattr(serve, "get_replica_context",
+                        lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=256)))
+    svc = HitMusicService.func_or_class.__new__(HitMusicService.func_or_class)
+    svc.settings = ServeSettings(max_batch_size=256, batch_wait_timeout_s=0.05)
+    svc.holder = SimpleNamespace(served=Served("m", "7", Model(), ["x"], {}))
+    svc._in_flight, svc.requests_batched, svc.requests_direct = 1, 0, 0
+    rows = lambda v: Rows(np.array([[v], [v + 1]], dtype=np.float64), ["a", "b"])
+
+    async def scenario():
+        alone = await svc._answer(rows(1.0))
+        svc._in_flight = 3  # three requests inside the replica at once
+        together = await asyncio.gather(*(svc._answer(rows(v)) for v in (2.0, 4.0, 6.0)))
+        return alone, together
+
+    alone, together = asyncio.run(scenario())
+    assert (svc.requests_direct, svc.requests_batched) == (1, 3)
+    assert calls == [2, 6]  # one direct call of 2 rows, then one batched call of 3 x 2 rows
+    assert [p["popularity"] for p in json.loads(alone.body)["predictions"]] == [10.0, 20.0]
+    for v, r in zip((2.0, 4.0, 6.0), together):
+        body = json.loads(r.body)
+        assert body["model_version"] == "7" and [p["popularity"] for p in body["predictions"]] == [10 * v, 10 * v + 10]
+
+
+def test_lone_requests_skip_the_batcher_and_overlapping_ones_are_answered_alike(app):
+    """Over real HTTP: a request alone in the replica calls the model directly (no batch wait); a burst of
+    overlapping requests (batched or not, as they happen to interleave) gives the same answer for the same row."""
     url = app["url"]
     row = good_row(url)
     counts = lambda: httpx.get(f"{url}/healthz", timeout=30).json()["replica"]
@@ -111,7 +156,9 @@ def test_lone_requests_skip_the_batcher_and_overlapping_ones_share_it(app):
             cf.ThreadPoolExecutor(32) as pool:
         together = list(pool.map(lambda _: client.post(f"{url}/predict", json={"rows": [row] * 4}), range(200)))
     assert all(r.status_code == 200 for r in together)
-    assert counts()["requests_batched"] > after_alone["requests_batched"], "200 overlapping requests, none batched"
+    after = counts()
+    assert (after["requests_batched"] + after["requests_direct"]
+            - after_alone["requests_batched"] - after_alone["requests_direct"]) == 200
     lone = alone[0]["predictions"][0]
     for r in together:
         for p in r.json()["predictions"]:
