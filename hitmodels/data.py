@@ -268,9 +268,9 @@ def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
         out["artist_followers_log"] = np.log1p(out["artist_id"].map(artists["followers"]).astype(float))
         families = artists["genres"].map(lambda v: genre_families(parse_list_literal(v)))
         # tracks whose artist is not in the table get NaN (imputed), not "no genres"
-        genre_rows = [families.get(a) if a in families.index else None for a in out["artist_id"]]
         empty = dict.fromkeys([*GENRE_COLUMNS, "n_genres"], np.nan)
-        out = pd.concat([out, pd.DataFrame([g or empty for g in genre_rows], index=out.index)], axis=1)
+        genre_rows = [families.get(a) or empty for a in out["artist_id"]]
+        out = pd.concat([out, pd.DataFrame(genre_rows, index=out.index)], axis=1)
     else:
         out["artist_popularity"] = np.nan
         out["artist_followers_log"] = np.nan

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 from .config import ServiceConfig
 
@@ -195,21 +196,27 @@ def up(cfg: ServiceConfig) -> dict[str, str]:
             "serve": cfg.serve_url}
 
 
+def signal_matching(match: Callable[[list[bytes]], bool], sig: int = signal.SIGTERM) -> list[int]:
+    """Send ``sig`` to every process whose argv (``/proc/<pid>/cmdline``, split) satisfies ``match``; returns
+    their pids. For processes that outlived the group or session that started them."""
+    hit = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(pid) != os.getpid() and match(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
+                os.kill(int(pid), sig)
+                hit.append(int(pid))
+        except (OSError, IndexError, UnicodeDecodeError):
+            pass  # gone meanwhile, or not ours to read
+    return hit
+
+
 def stop_serve_haproxy(base: str | None = None) -> list[int]:
     """SIGTERM the HAProxy processes Serve started with their config under ``base`` (Serve's state directory:
     ``$RAY_SERVE_HAPROXY_SERVER_STATE_BASE``, default /tmp/haproxy-serve); returns their pids. ``ray stop``
     kills Ray's own processes but not the HAProxy a Serve actor runs, which would keep the HTTP port."""
     base = (base or os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE") or HAPROXY_DEFAULT_BASE).rstrip("/") + "/"
-    stopped = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if Path(argv[0].decode()).name == "haproxy" and any(a.startswith(base.encode()) for a in argv):
-                os.kill(int(pid), signal.SIGTERM)
-                stopped.append(int(pid))
-        except (OSError, IndexError, UnicodeDecodeError):
-            pass  # gone meanwhile, or not ours to read
-    return stopped
+    return signal_matching(lambda argv: Path(argv[0].decode()).name == "haproxy"
+                           and any(a.startswith(base.encode()) for a in argv))
 
 
 def down(cfg: ServiceConfig) -> None:

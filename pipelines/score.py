@@ -263,11 +263,6 @@ def input_columns(uri: str) -> list[str]:
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 
 
-def done_track_ids(out_dir: str) -> set[str]:
-    """track_ids already scored in ``out_dir`` by an earlier (possibly interrupted) run; see :func:`scored`."""
-    return scored(out_dir)[0]
-
-
 def scored(out_dir: str) -> tuple[set[str], set[str]]:
     """The track_ids already scored in ``out_dir`` and the model versions that scored them. A part file that
     cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as

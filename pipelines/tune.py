@@ -119,21 +119,25 @@ def hitmusicnet_trial(config: dict) -> None:
 
 
 def close_stopped_trial_runs(client, experiment_id: str, parent_run_id: str, results) -> list[str]:
-    """Mark KILLED (tag ``tune_stopped_early``) the trial runs that ASHA stopped: Tune ends such a trial inside
-    ``tune.report`` (``sys.exit`` or by killing its actor), so its MLflow run would stay RUNNING or read FAILED
-    although nothing went wrong. Runs of trials that did fail keep FAILED. Returns the run ids marked."""
-    errored = {r.path and Path(r.path).name for r in results if r.error is not None}
-    marked = []
+    """Close the trial runs Tune ended inside ``tune.report`` (``sys.exit`` or by killing the trial's actor),
+    which MLflow would show RUNNING or FAILED although nothing went wrong: FINISHED if the trial had used its
+    whole epoch budget (Tune ends every trial that way at ``max_t``), KILLED if ASHA stopped it earlier; tag
+    ``tune_stopped_early`` says which. Runs of trials that raised keep FAILED. Returns the run ids closed."""
+    by_dir = {Path(r.path).name: r for r in results if r.path}
+    closed = []
     for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
         trial = run.data.tags.get("tune_trial")
         if trial is None or run.info.status == "FINISHED":
             continue
-        if any(trial in (name or "") for name in errored):
+        result = next((r for d, r in by_dir.items() if d.startswith(trial)), None)
+        if result is None or result.error is not None:
             continue
-        client.set_tag(run.info.run_id, "tune_stopped_early", "true")
-        client.set_terminated(run.info.run_id, status="KILLED")
-        marked.append(run.info.run_id)
-    return marked
+        used = int((result.metrics or {}).get("epoch", -1)) + 1  # epochs are counted from 0
+        early = used < int(run.data.params.get("max_epochs", used))
+        client.set_tag(run.info.run_id, "tune_stopped_early", str(early).lower())
+        client.set_terminated(run.info.run_id, status="KILLED" if early else "FINISHED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def learning_curve_figure(history: dict[str, list[dict]], title: str):

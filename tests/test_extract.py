@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import secrets
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,7 +26,7 @@ import soundfile as sf
 
 from hitmodels import features
 from hitmodels.config import FeatureConfig
-from hitmodels.services import free_port, stop_process
+from hitmodels.services import free_port, signal_matching, stop_process
 from pipelines import extract
 
 pytestmark = pytest.mark.integration
@@ -236,12 +236,7 @@ print(json.dumps({"counts": dict(counts), "nodes": [n["NodeID"] for n in ray.nod
 def _kill_leftovers(tag: str) -> None:
     """SIGKILL processes of ours that outlived their process group: those whose command line names our own
     temp dir. Nothing else on the machine is touched (no `ray stop`, which stops every Ray here)."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if tag.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
+    signal_matching(lambda argv: any(tag.encode() in a for a in argv), signal.SIGKILL)
 
 
 def _wait_started(proc: subprocess.Popen, log: Path, name: str, timeout_s: float = 90.0) -> None:

@@ -55,6 +55,9 @@ def test_trials_are_nested_runs_with_curves_and_fingerprint(tuned, mlflow_uri):
         # ASHA's early stops are KILLED with a tag, never left RUNNING or marked FAILED
         assert r.info.status in ("FINISHED", "KILLED"), (r.info.status, r.data.tags)
         assert (r.info.status == "KILLED") == (r.data.tags.get("tune_stopped_early") == "true")
+        if r.info.status == "KILLED":  # stopped before its epoch budget: fewer pop_val_loss steps than max_epochs
+            steps = len(c.get_metric_history(r.info.run_id, "pop_val_loss"))
+            assert steps < int(r.data.params["max_epochs"])
         assert r.data.tags["dataset_fingerprint"].startswith("v")
         assert "val_loss" in r.data.metrics
         assert "learning_curve.png" in [a.path for a in c.list_artifacts(r.info.run_id)]
