@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import fcntl
 import io
-import os
 import tempfile
 import threading
-import urllib.parse
-import urllib.request
 from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar
@@ -27,7 +24,8 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 
-from .config import FeatureConfig
+from . import fetch
+from .config import FeatureConfig, InputPolicy
 
 
 _F = TypeVar("_F", bound=Callable)
@@ -69,7 +67,8 @@ def compile_serialised(fn: _F) -> _F:
 class AudioError(Exception):
     """A preview that cannot be used. ``reason`` is a short machine-readable code, the message says why."""
 
-    REASONS = ("missing", "empty", "undecodable", "too_short", "silent", "fetch_failed")
+    REASONS = ("missing", "empty", "undecodable", "too_short", "silent", "fetch_failed", "uri_not_allowed",
+               "too_large", "too_long")
 
     def __init__(self, reason: str, message: str):
         assert reason in self.REASONS, reason
@@ -77,37 +76,16 @@ class AudioError(Exception):
         self.reason = reason
 
 
-def fetch_bytes(uri: str, s3_endpoint_url: str | None = None) -> bytes:
-    """Bytes of a local path, ``file://``, ``s3://bucket/key`` or ``http(s)://`` URI.
+def fetch_bytes(uri: str, policy: InputPolicy | None = None) -> bytes:
+    """Bytes of a local path, ``file://``, ``s3://bucket/key`` or ``http(s)://`` URI that ``policy`` allows
+    (default :meth:`InputPolicy.default`), at most its ``max_audio_bytes``; see :mod:`hitmodels.fetch`.
 
-    The S3 endpoint defaults to ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` so S3-compatible stores work.
+    The S3 endpoint comes from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` so S3-compatible stores work.
     """
-    if not uri:
-        raise AudioError("missing", "no audio URI given")
-    parsed = urllib.parse.urlparse(uri)
     try:
-        if parsed.scheme == "s3":
-            import boto3
-
-            endpoint = s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-            obj = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=parsed.netloc,
-                                                                       Key=parsed.path.lstrip("/"))
-            data = obj["Body"].read()
-        elif parsed.scheme in ("http", "https"):
-            with urllib.request.urlopen(uri, timeout=30) as resp:
-                data = resp.read()
-        else:
-            path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri)
-            if not path.exists():
-                raise AudioError("missing", f"file not found: {path}")
-            data = path.read_bytes()
-    except AudioError:
-        raise
-    except Exception as exc:  # network and S3 errors come in many classes; all mean "could not fetch"
-        raise AudioError("fetch_failed", f"{uri}: {type(exc).__name__}: {exc}") from exc
-    if not data:
-        raise AudioError("empty", f"{uri} has 0 bytes")
-    return data
+        return fetch.fetch(uri, policy or InputPolicy.default())
+    except fetch.FetchError as exc:
+        raise AudioError(exc.reason, str(exc).split(": ", 1)[1]) from None
 
 
 def to_mono(y: np.ndarray) -> np.ndarray:
@@ -125,14 +103,28 @@ def to_mono(y: np.ndarray) -> np.ndarray:
     return acc
 
 
-def decode(data: bytes, sr: int | None = None, name: str = "audio") -> tuple[np.ndarray, int]:
-    """Decode MP3/WAV/FLAC/OGG bytes to mono float32 ``(n_samples,)``; resample to ``sr`` if given."""
+def decode(data: bytes, sr: int | None = None, name: str = "audio",
+           max_duration_s: float = InputPolicy.max_duration_s) -> tuple[np.ndarray, int]:
+    """Decode MP3/WAV/FLAC/OGG bytes to mono float32 ``(n_samples,)``; resample to ``sr`` if given.
+
+    Audio longer than ``max_duration_s`` is refused (``too_long``) after decoding at most that much of it,
+    so a huge or endless file costs no more memory than the bound."""
     if not data:
         raise AudioError("empty", f"{name} has 0 bytes")
     try:
-        y, native_sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            native_sr = f.samplerate
+            limit = int(max_duration_s * native_sr)
+            if 0 < limit < f.frames:
+                raise AudioError("too_long", f"{name} lasts {f.frames / native_sr:.0f} s, at most "
+                                             f"{max_duration_s:.0f} s allowed")
+            y = f.read(frames=limit + 1, dtype="float32", always_2d=True)
+    except AudioError:
+        raise
     except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
         raise AudioError("undecodable", f"{name}: {exc}") from exc
+    if len(y) > limit:  # a stream that did not say its length up front
+        raise AudioError("too_long", f"{name} lasts more than the {max_duration_s:.0f} s allowed")
     y = to_mono(y)
     if sr is not None and sr != native_sr:
         y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
@@ -152,10 +144,12 @@ def check_usable(y: np.ndarray, sr: int, cfg: FeatureConfig, name: str = "audio"
         raise AudioError("silent", f"{name} is silent (RMS below {cfg.silence_rms})")
 
 
-def load(uri: str, cfg: FeatureConfig = FeatureConfig()) -> tuple[np.ndarray, int]:
-    """Fetch, decode and check one preview."""
-    y, sr = decode(fetch_bytes(uri), cfg.sr, name=uri)
-    check_usable(y, sr, cfg, name=uri)
+def load(uri: str, cfg: FeatureConfig = FeatureConfig(), policy: InputPolicy | None = None) -> tuple[np.ndarray, int]:
+    """Fetch (under ``policy``, default :meth:`InputPolicy.default`), decode and check one preview."""
+    policy = policy or InputPolicy.default()
+    name = fetch.redact(uri)
+    y, sr = decode(fetch_bytes(uri, policy), cfg.sr, name=name, max_duration_s=policy.max_duration_s)
+    check_usable(y, sr, cfg, name=name)
     return y, sr
 
 

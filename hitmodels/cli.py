@@ -16,7 +16,9 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic down                                 # stop Serve, Ray and MLflow
 
 Environment: HITMUSIC_HOME (data directory, default ./.hitmusic), MLFLOW_TRACKING_URI (default
-http://127.0.0.1:5000), RAY_ADDRESS (default: the local instance started by ``hitmusic up``).
+http://127.0.0.1:5000), RAY_ADDRESS (default: the local instance started by ``hitmusic up``). Ray always
+runs with token auth: the token is ``$HITMUSIC_HOME/ray_auth_token`` (mode 0600, made by ``hitmusic up``)
+unless RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH names another (a cluster's own).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def module_main(doc: str, prog: str, add_arguments: Callable, main_from_args: Ca
 
 
 def _services(args) -> ServiceConfig:
-    return ServiceConfig(home=Path(args.home).resolve(), mlflow_port=args.mlflow_port, serve_port=args.serve_port)
+    return ServiceConfig(home=Path(args.home).resolve(), mlflow_port=args.mlflow_port, serve_port=args.serve_port,
+                         ray_port=args.ray_port, ray_dashboard_port=args.dashboard_port)
 
 
 def _export_tracking(cfg: ServiceConfig) -> None:
@@ -51,8 +54,18 @@ def _export_tracking(cfg: ServiceConfig) -> None:
 def cmd_up(args) -> int:
     from .services import up
 
-    for k, v in up(_services(args)).items():
+    cfg = _services(args)
+    info = up(cfg)
+    running = info.pop("already_running")
+    for k, v in info.items():
         print(f"{k}: {v}")
+    if running:
+        print(f"already running: {running.replace(',', ', ')} (nothing started for it)")
+    print(f"""
+Ray runs with token auth. Clients of this cluster (hitmusic itself reads the token from --home):
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={info['ray_token']}
+  ray job submit --address {info['ray_dashboard']} -- python -m pipelines.score TABLE OUT
+Dashboard in a browser: {info['ray_dashboard']} asks for the token (the file's contents).""")
     return 0
 
 
@@ -195,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--home", default=str(d.home), help="data directory (default $HITMUSIC_HOME or ./.hitmusic)")
     common.add_argument("--mlflow-port", type=int, default=d.mlflow_port, help="MLflow server port (default 5000)")
     common.add_argument("--serve-port", type=int, default=d.serve_port, help="Serve HTTP port (default 8000)")
+    common.add_argument("--ray-port", type=int, default=d.ray_port, help="Ray head's GCS port (default 6379)")
+    common.add_argument("--dashboard-port", type=int, default=d.ray_dashboard_port,
+                        help="Ray dashboard / jobs API port (default 8265)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_: str, func: Callable, module=None) -> argparse.ArgumentParser:
@@ -248,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .services import use_ray_auth
+
+    # before anything imports Ray: every Ray client and local instance of ours runs with token auth
+    use_ray_auth(Path(args.home).resolve())
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, LookupError) as exc:

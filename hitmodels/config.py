@@ -54,6 +54,73 @@ class FeatureConfig:
     silence_rms: float = 1e-4
 
 
+def _env_list(name: str, sep: str = ",") -> tuple[str, ...]:
+    return tuple(v.strip() for v in os.environ.get(name, "").split(sep) if v.strip())
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """What a job or the service may read on behalf of a manifest row or a request, and how much of it.
+
+    Everything a row names is untrusted: an audio URI is read only if it lies under ``local_roots``
+    (symlinks and ``..`` resolved first), in one of ``s3_buckets``, or on one of ``http_hosts``
+    (``host`` or ``host:port``; none by default), and HTTP never reaches loopback, link-local or private
+    addresses unless ``allow_private_http``. Redirects are followed only on the same host. A refused URI is
+    that row's error (``uri_not_allowed: ...``), never the job's.
+
+    Bounds, each a per-row error (``too_large``, ``too_long``, ``lyrics_too_long``) or a 4xx: bytes read per
+    audio file (cut while streaming), decoded duration (longer audio is refused, not truncated, so features
+    never silently describe part of a track), lyric characters and lines.
+
+    :meth:`for_manifest` gives a job's default; ``HITMUSIC_ALLOWED_ROOTS`` (``:``-separated),
+    ``HITMUSIC_ALLOWED_S3_BUCKETS``, ``HITMUSIC_ALLOWED_HTTP_HOSTS`` (comma-separated) and
+    ``HITMUSIC_ALLOW_PRIVATE_HTTP=1`` widen it for every job; the CLI's ``--allow-*`` flags for one.
+    """
+
+    local_roots: tuple[str, ...] = ()
+    s3_buckets: tuple[str, ...] = ()
+    http_hosts: tuple[str, ...] = ()
+    allow_private_http: bool = False
+    max_redirects: int = 3
+    fetch_timeout_s: float = 30.0
+    # A 30 s preview is ~0.5 MB (MP3) to 5 MB (WAV); a 15-minute 320 kbit/s MP3 is 36 MB.
+    max_audio_bytes: int = 64 * 2**20
+    # Full-length tracks (up to 15 minutes) are in scope for segment models; a 15-minute stereo clip at
+    # 44.1 kHz decodes to ~320 MB of float32, the most one worker holds for one file.
+    max_duration_s: float = 900.0
+    # Lyrics of real songs run to a few thousand characters and a hundred lines; the bound keeps a
+    # pathological text (20,000 one-letter lines) from costing seconds and gigabytes.
+    max_lyric_chars: int = 100_000
+    max_lyric_lines: int = 5_000
+
+    @classmethod
+    def default(cls, extra_roots: tuple[str | Path, ...] = (), cwd: bool = True, **overrides) -> "InputPolicy":
+        """``$HITMUSIC_HOME``, the current directory (unless ``cwd=False``) and ``extra_roots``, plus what
+        the environment allows: the policy of a library call that names no manifest."""
+        roots = (str(default_home()), *([str(Path.cwd())] if cwd else []), *map(str, extra_roots),
+                 *_env_list("HITMUSIC_ALLOWED_ROOTS", os.pathsep))
+        fields = dict(local_roots=tuple(dict.fromkeys(roots)), s3_buckets=_env_list("HITMUSIC_ALLOWED_S3_BUCKETS"),
+                      http_hosts=_env_list("HITMUSIC_ALLOWED_HTTP_HOSTS"),
+                      allow_private_http=os.environ.get("HITMUSIC_ALLOW_PRIVATE_HTTP", "") == "1")
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def for_manifest(cls, manifest: str | Path, roots: tuple[str, ...] = (), buckets: tuple[str, ...] = (),
+                     hosts: tuple[str, ...] = (), **overrides) -> "InputPolicy":
+        """A job's policy: the manifest's own directory (or its S3 bucket) and ``$HITMUSIC_HOME``, the
+        environment's additions and the ``roots``/``buckets``/``hosts`` given (the CLI's ``--allow-*``)."""
+        text = str(manifest)
+        own_root, own_bucket = (), ()
+        if text.startswith("s3://"):
+            own_bucket = (text[5:].split("/", 1)[0],)
+        else:
+            path = Path(text).resolve()
+            own_root = (str(path if path.is_dir() else path.parent),)
+        base = cls.default(extra_roots=(*own_root, *roots), cwd=False)
+        return replace(base, s3_buckets=tuple(dict.fromkeys((*base.s3_buckets, *own_bucket, *buckets))),
+                       http_hosts=tuple(dict.fromkeys((*base.http_hosts, *hosts))), **overrides)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The generated sample catalogue (see :mod:`hitmodels.synth`)."""
@@ -168,7 +235,14 @@ class ServeSettings:
     # How often replicas ask the registry where the alias points; a move is picked up within this time.
     poll_interval_s: float = 10.0
     max_rows: int = 1024
+    # /predict's JSON body, checked from Content-Length and while streaming, before parsing (1,024 rows of
+    # 438 features are ~10 MB of JSON)
+    max_body_mb: float = 16.0
+    # /predict/audio's multipart body (file + lyrics + metadata), checked the same way before spooling
     max_upload_mb: float = 20.0
+    max_duration_s: float = InputPolicy.max_duration_s
+    max_lyric_chars: int = InputPolicy.max_lyric_chars
+    max_lyric_lines: int = InputPolicy.max_lyric_lines
     # Dynamic batching across requests that overlap in a replica (@serve.batch); 1 turns it off. The batcher
     # waits at most batch_wait_timeout_s for more requests; 0 combines only those already waiting. For this
     # model (~0.2 ms per call) 0 and 2 ms were within run-to-run noise in benchmarks/bench_online.py (HAProxy,
@@ -198,6 +272,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     mlflow_port: int = 5000
     serve_port: int = 8000
+    ray_port: int = 6379
     ray_dashboard_port: int = 8265
     # Serve's HTTP ingress: "haproxy" (HAProxy in front of the replicas' own HTTP servers: ~3x less latency
     # per request than Ray's Python proxy on 2 cores, benchmarks/README.md), "proxy" (Ray's Python proxy),

@@ -12,7 +12,7 @@ from functools import lru_cache
 import pyarrow as pa
 
 from . import audio, lyrics
-from .config import FeatureConfig
+from .config import FeatureConfig, InputPolicy
 
 
 @lru_cache(maxsize=8)
@@ -28,15 +28,17 @@ def output_schema(cfg: FeatureConfig = FeatureConfig()) -> pa.Schema:
 
 
 def extract_row(track_id: str, audio_uri: str, lyric_text: str | None,
-                cfg: FeatureConfig = FeatureConfig()) -> dict:
-    """Features of one track as ``{"track_id", "error", <feature>: float}``."""
+                cfg: FeatureConfig = FeatureConfig(), policy: InputPolicy | None = None) -> dict:
+    """Features of one track as ``{"track_id", "error", <feature>: float}``; ``audio_uri`` is read only as
+    ``policy`` allows (default :meth:`InputPolicy.default`), and its bounds apply to audio and lyrics."""
     row: dict = {"track_id": str(track_id), "error": None}
+    policy = policy or InputPolicy.default()
     try:
         # a manifest read by pandas gives None or NaN where the URI is missing
-        y, sr = audio.load(audio_uri if isinstance(audio_uri, str) else "", cfg)
+        y, sr = audio.load(audio_uri if isinstance(audio_uri, str) else "", cfg, policy)
         row.update(audio.audio_features(y, sr, cfg))
-        row.update(lyrics.lyric_features(lyric_text if isinstance(lyric_text, str) else None))
-    except audio.AudioError as exc:
+        row.update(lyrics.lyric_features(lyric_text if isinstance(lyric_text, str) else None, policy=policy))
+    except (audio.AudioError, lyrics.LyricsError) as exc:
         row["error"] = str(exc)
     except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
         row["error"] = f"internal: {type(exc).__name__}: {exc}"

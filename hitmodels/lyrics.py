@@ -16,6 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from .config import InputPolicy
+
 MISSING = -1.0
 FEATURE_NAMES = ("n_sentences", "mean_words_sentence", "n_words", "mean_syllables_word",
                  "sentence_similarity", "vocabulary_wealth")
@@ -75,20 +77,28 @@ def syllables(word: str, lang: str = "en") -> int:
     return max(1, groups, hyphenated)
 
 
-def sentence_similarity(sents: list[str], threshold: float = 0.75) -> float:
-    """Share of upper-triangle sentence pairs whose Tf-Idf cosine similarity is at least ``threshold``."""
-    if len(sents) < 2:
+def sentence_similarity(sents: list[str], threshold: float = 0.75, block: int = 256) -> float:
+    """Share of upper-triangle sentence pairs whose Tf-Idf cosine similarity is at least ``threshold``.
+
+    Pairs are counted ``block`` sentences against all at a time, so memory is O(block x n), not the n x n
+    matrix (20,000 lines made that 8 GB)."""
+    n = len(sents)
+    if n < 2:
         return 0.0
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics.pairwise import cosine_similarity
 
     try:
         tfidf = TfidfVectorizer(token_pattern=_WORD.pattern, lowercase=True).fit_transform(sents)
     except ValueError:  # no token survived
         return 0.0
-    sim = cosine_similarity(tfidf)
-    iu = np.triu_indices(len(sents), k=1)
-    return float(np.mean(sim[iu] >= threshold - 1e-12))
+    # rows are L2-normalised, so the dot product is the cosine; the whole (n, vocabulary) matrix is sparse
+    tfidf_t = tfidf.T.tocsc()
+    hits = 0
+    for a in range(0, n, block):
+        sim = (tfidf[a:a + block] @ tfidf_t).toarray()  # (block, n)
+        upper = np.arange(n)[None, :] > np.arange(a, a + len(sim))[:, None]
+        hits += int(np.count_nonzero((sim >= threshold - 1e-12) & upper))
+    return hits / (n * (n - 1) / 2)
 
 
 def vocabulary_wealth(tokens: list[str], lang: str = "en", coverage: float = 0.85) -> float:
@@ -104,12 +114,36 @@ def vocabulary_wealth(tokens: list[str], lang: str = "en", coverage: float = 0.8
     return needed / len(content)
 
 
-def lyric_features(text: str | None, lang: str | None = None) -> dict[str, float]:
+class LyricsError(ValueError):
+    """Lyrics past the bounds (``reason`` ``lyrics_too_long``); the message says which bound."""
+
+    reason = "lyrics_too_long"
+
+    def __init__(self, message: str):
+        super().__init__(f"{self.reason}: {message}")
+
+
+def check_bounds(text: str | None, max_chars: int = InputPolicy.max_lyric_chars,
+                 max_lines: int = InputPolicy.max_lyric_lines) -> None:
+    """Raise :class:`LyricsError` for lyrics of more than ``max_chars`` characters or ``max_lines`` lines."""
+    if not text:
+        return
+    if len(text) > max_chars:
+        raise LyricsError(f"{len(text)} characters, at most {max_chars} allowed")
+    lines = text.count("\n") + 1
+    if lines > max_lines:
+        raise LyricsError(f"{lines} lines, at most {max_lines} allowed")
+
+
+def lyric_features(text: str | None, lang: str | None = None, policy: InputPolicy | None = None) -> dict[str, float]:
     """The six features of one lyric text; all ``-1`` when it has no usable words.
 
     Returns ``{"n_sentences", "mean_words_sentence", "n_words", "mean_syllables_word",
-    "sentence_similarity", "vocabulary_wealth"}`` as floats.
+    "sentence_similarity", "vocabulary_wealth"}`` as floats. Raises :class:`LyricsError` past the
+    character or line bound of ``policy`` (default :class:`InputPolicy`'s).
     """
+    policy = policy or InputPolicy()
+    check_bounds(text, policy.max_lyric_chars, policy.max_lyric_lines)
     sents = sentences(text or "")
     tokens = words(text or "")
     if not sents or not tokens:

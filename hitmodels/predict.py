@@ -192,6 +192,12 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
     def columns(self) -> list[str]:
         return self.pre.columns
 
+    @property
+    def outputs(self) -> list[str]:
+        """The output columns, in the order :meth:`predict_array` gives them."""
+        return (["popularity"] + (["popularity_lower", "popularity_upper"] if self.meta.conformal else [])
+                + ["class"] + ([f"p_{c}" for c in CLASS_NAMES] if self.net.cls is not None else []))
+
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return pd.DataFrame(self.predict_array(self.pre.transform(model_input), scaled=True))
 

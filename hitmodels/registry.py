@@ -41,6 +41,38 @@ def resolve(name: str, version_or_alias: str = CHAMPION, tracking_uri: str | Non
     return ModelRef(name, str(mv.version))
 
 
+# What a registered version's bundle consists of (paths inside the logged model): weights and JSON, all data.
+BUNDLE_FILES = {"weights": "artifacts/weights.pt", "arch": "artifacts/arch.json",
+                "preprocess": "artifacts/preprocess.json"}
+
+
+def load_model(ref: ModelRef, tracking_uri: str | None = None):
+    """A registered version as a ready model, read as data: the bundle's weights (``torch.load`` with
+    ``weights_only=True``) and JSON are downloaded from the configured tracking server and built with the
+    package's own classes. Nothing the version carries is unpickled or executed (not its code file, not a
+    ``python_model.pkl`` someone may have uploaded), so a registry user cannot run code in Serve replicas or
+    scoring workers by registering a version."""
+    import tempfile
+    from pathlib import Path
+
+    from .predict import HitMusicPyfunc, load_bundle
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="hitmusic-model-") as tmp:
+        local = {}
+        for key, rel in BUNDLE_FILES.items():
+            try:
+                local[key] = mlflow.artifacts.download_artifacts(artifact_uri=f"{ref.uri}/{rel}", dst_path=tmp,
+                                                                 tracking_uri=uri)
+            except Exception as exc:
+                raise LookupError(f"{ref.uri} has no {rel} ({type(exc).__name__}): it was not registered by "
+                                  "hitmusic (weights + JSON bundle)") from None
+        missing = [k for k, v in local.items() if not Path(v).is_file()]
+        if missing:
+            raise LookupError(f"{ref.uri} lacks bundle file(s) {missing}")
+        return HitMusicPyfunc(*load_bundle(local))
+
+
 def latest_version(name: str, tracking_uri: str | None = None) -> ModelRef:
     versions = client(tracking_uri).search_model_versions(f"name='{name}'")
     if not versions:
@@ -75,10 +107,9 @@ def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_u
                       strat_bins=int(params.get("strat_bins", TrainConfig.strat_bins)))
     test = split_rows(training_rows(table), cfg).test
     truth = test["popularity"].to_numpy(float)
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     scores = []
     for v in (candidate, incumbent):
-        pred = mlflow.pyfunc.load_model(f"models:/{name}/{v}").predict(test)["popularity"].to_numpy(float)
+        pred = load_model(ModelRef(name, v), tracking_uri).predict(None, test)["popularity"].to_numpy(float)
         scores.append(regression_metrics(truth, pred)[metric])
     return scores[0], scores[1]
 

@@ -112,10 +112,16 @@ INGRESS_CHOICES = ("auto", "haproxy", "proxy")
 HAPROXY_DEFAULT_BASE = "/tmp/haproxy-serve"  # Ray Serve's default for its HAProxy config, sockets and state
 
 
+HAPROXY_WRAPPER = Path(__file__).resolve().parents[1] / "serve" / "haproxy_loopback.sh"
+
+
 def haproxy_binary() -> str | None:
-    """The HAProxy executable Serve would run: ``$RAY_SERVE_HAPROXY_BINARY_PATH``, ``haproxy`` on PATH, or
-    Debian's /usr/sbin/haproxy (not on a non-root user's PATH); None if there is none."""
-    for candidate in (os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"), shutil.which("haproxy"),
+    """The real HAProxy executable: ``$HITMUSIC_HAPROXY_REAL``, ``$RAY_SERVE_HAPROXY_BINARY_PATH`` (unless it
+    is our wrapper), ``haproxy`` on PATH, or Debian's /usr/sbin/haproxy (not on a non-root user's PATH);
+    None if there is none."""
+    named = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    for candidate in (os.environ.get("HITMUSIC_HAPROXY_REAL"), None if named == str(HAPROXY_WRAPPER) else named,
+                      shutil.which("haproxy"),
                       "/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -144,7 +150,10 @@ def serve_runtime_env(ingress: str = "auto", private_dir: Path | None = None) ->
         raise RuntimeError("serve ingress 'haproxy' asked for, but no haproxy executable was found (install "
                            "Debian's haproxy package, or set RAY_SERVE_HAPROXY_BINARY_PATH)")
     if binary is not None and ingress != "proxy":
-        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=binary)
+        # Serve runs our wrapper, which moves HAProxy's stats and metrics listeners to loopback and makes its
+        # admin socket private before it becomes the real binary (serve/haproxy_loopback.sh)
+        env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=str(HAPROXY_WRAPPER),
+                   HITMUSIC_HAPROXY_REAL=binary)
     if private_dir is not None:
         d = Path(private_dir)
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),
@@ -166,34 +175,116 @@ def serve_ingress_in_use() -> str:
     return "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy"
 
 
-def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None) -> None:
-    """``ray start --head`` on loopback, with the dashboard (needed by ``ray job submit``)."""
-    cmd = [_bin("ray"), "start", "--head", "--node-ip-address", cfg.host, "--dashboard-host", cfg.host,
-           "--dashboard-port", str(cfg.ray_dashboard_port), "--disable-usage-stats"]
+RAY_TOKEN_FILE = "ray_auth_token"
+
+
+def ray_token_path(home: Path | None = None) -> Path:
+    """Where ``hitmusic up`` keeps the Ray cluster's token: ``$HITMUSIC_HOME/ray_auth_token``, mode 0600."""
+    return Path(home or ServiceConfig().home) / RAY_TOKEN_FILE
+
+
+def ensure_ray_token(path: Path) -> Path:
+    """Create a random token at ``path`` (mode 0600, created so, never world-readable even for a moment)
+    unless one is there; tighten a looser mode on an existing one. Returns ``path``."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        if not path.read_text().strip():
+            raise RuntimeError(f"the Ray token file {path} is empty: delete it and run hitmusic up again")
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def ray_auth_env(home: Path | None = None, create: bool = False) -> dict[str, str]:
+    """Environment that makes Ray (``ray start``, drivers, ``ray job submit``, ``ray status``) use token
+    auth with the project's token. An explicit ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` (a cluster's own,
+    KubeRay's secret) wins over the project's file."""
+    env = {"RAY_AUTH_MODE": "token"}
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return env
+    path = ray_token_path(home)
+    if create:
+        ensure_ray_token(path)
+    if path.exists():
+        env["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return env
+
+
+def use_ray_auth(home: Path | None = None) -> None:
+    """Put :func:`ray_auth_env` into this process's environment (before Ray is imported or connects), so
+    every client of ours, and every local instance it starts, runs with token auth."""
+    for k, v in ray_auth_env(home, create=True).items():
+        os.environ.setdefault(k, v)
+    if os.environ["RAY_AUTH_MODE"] != "token":
+        raise RuntimeError(f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']!r}: this project runs Ray with token "
+                           "auth only (unset it, or set it to 'token')")
+    refresh_ray_auth()
+
+
+def refresh_ray_auth() -> None:
+    """Make an already imported Ray see the auth settings now in the environment: it reads RAY_AUTH_MODE
+    and the token once, when its config is first built (what Ray's own token setup does, too)."""
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
+def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    """``ray start --head`` on loopback with token auth, with the dashboard (needed by ``ray job submit``)."""
+    cmd = [_bin("ray"), "start", "--head", "--port", str(cfg.ray_port), "--node-ip-address", cfg.host,
+           "--dashboard-host", cfg.host, "--dashboard-port", str(cfg.ray_dashboard_port), "--disable-usage-stats",
+           *extra_args]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
     # `ray job submit -- python -m pipelines.x` runs `python` from the head's PATH: make it this environment's.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(ray_auth_env(cfg.home, create=True))
     env.update(serve_runtime_env(cfg.serve_ingress))
     subprocess.run(cmd, check=True, env=env)
 
 
 def stop_ray() -> None:
-    subprocess.run([_bin("ray"), "stop", "--force"], check=False)
+    subprocess.run([_bin("ray"), "stop", "--force"], check=False, env=dict(os.environ, **ray_auth_env()))
 
 
-def up(cfg: ServiceConfig) -> dict[str, str]:
-    """Start Ray and the MLflow server unless they already run; returns their addresses."""
+def ray_running(cfg: ServiceConfig) -> bool:
+    """Whether a Ray head answers at ``cfg.host:cfg.ray_port`` to our token."""
+    env = dict(os.environ, **ray_auth_env(cfg.home))
+    return subprocess.run([_bin("ray"), "status", "--address", f"{cfg.host}:{cfg.ray_port}"], capture_output=True,
+                          env=env, timeout=120).returncode == 0
+
+
+def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
+    """Start Ray (token auth) and the MLflow server unless they already run; returns their addresses, what
+    was already running, and where the Ray token is. ``ray_args``: extra ``ray start`` flags."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    token = ensure_ray_token(ray_token_path(cfg.home)) if not (
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) else None
     pid_file = cfg.run_dir / "mlflow.pid"
-    if not _alive(pid_file):
+    running = []
+    if _alive(pid_file):
+        running.append("mlflow")
+    else:
         proc = start_mlflow(cfg.mlflow_dir, cfg.host, cfg.mlflow_port, cfg.run_dir / "mlflow.log")
         pid_file.write_text(str(proc.pid))
-    if subprocess.run([_bin("ray"), "status"], capture_output=True).returncode != 0:
-        start_ray_head(cfg)
+    if ray_running(cfg):
+        running.append("ray")
+    else:
+        start_ray_head(cfg, extra_args=ray_args)
     return {"mlflow": f"http://{cfg.host}:{cfg.mlflow_port}",
+            "ray": f"{cfg.host}:{cfg.ray_port}",
             "ray_dashboard": f"http://{cfg.host}:{cfg.ray_dashboard_port}",
-            "serve": cfg.serve_url}
+            "serve": cfg.serve_url, "ray_token": str(token) if token else "(from RAY_AUTH_TOKEN/_PATH)",
+            "already_running": ",".join(running)}
 
 
 def signal_matching(match: Callable[[list[bytes]], bool], sig: int = signal.SIGTERM) -> list[int]:
@@ -245,6 +336,7 @@ def init_ray(**kwargs) -> None:
     import ray
 
     if not ray.is_initialized():
+        use_ray_auth()  # token auth whether this joins a cluster or starts a local instance
         # a local instance started here gets the same Serve settings as `hitmusic up` gives its cluster
         for k, v in serve_runtime_env(ServiceConfig().serve_ingress).items():
             os.environ.setdefault(k, v)

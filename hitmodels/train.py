@@ -471,8 +471,10 @@ def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, trackin
             metrics["conformal_halfwidth"] = meta.conformal["halfwidth"]
         mlflow.log_metrics(metrics)
         example = s.test[pre.columns].head(3)
+        # models-from-code: the pyfunc class lives in the package, the version holds weights + JSON only
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=HitMusicPyfunc(), artifacts=bundle_artifacts(bundle),
+            name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
+            artifacts=bundle_artifacts(bundle),
             signature=infer_signature(example, model.predict(None, example)), input_example=example,
             registered_model_name=cfg.model_name, pip_requirements=PIP_REQUIREMENTS,
         )

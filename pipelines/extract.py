@@ -17,9 +17,14 @@ the per-clip NumPy path everywhere; ``--device torch`` forces the torch path, on
 GPU (for testing it). Where torch on the GPU workers cannot use CUDA (the CPU build of torch that
 constraints.txt pins), ``auto`` says so and keeps the CPU path.
 
-S3 settings in the driver's environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, region, credentials)
-travel to the extraction tasks in their runtime environment, so workers started before, or on other nodes,
-read from the same store.
+Every audio URI is checked against an input policy first (``--allow-root``, ``--allow-bucket``,
+``--allow-host``; by default only the manifest's directory and ``$HITMUSIC_HOME``), and reads, decoded
+duration and lyrics are bounded (``--max-*``): a refused or oversized row gets its reason, the job goes on.
+
+The S3 endpoint and region in the driver's environment (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``,
+region) travel to the extraction tasks in their runtime environment; credentials do not (each node's own
+AWS environment, config or instance profile supplies them), since a runtime environment is visible in Ray's
+state API and dashboard.
 """
 
 from __future__ import annotations
@@ -37,17 +42,18 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from hitmodels import audio, features, lyrics
-from hitmodels.config import FeatureConfig
+from hitmodels.fetch import add_policy_arguments, policy_from_args
+from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import read_manifest
 from hitmodels.services import init_ray
 from hitmodels.cli import module_main
 
 
-def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig):
+def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy):
     """Ray Data task: :func:`hitmodels.features.extract_row` over a batch, as one Arrow table with the fixed
     feature schema. Tasks rather than actors: nothing holds a CPU between batches, so the job shares a small
     machine with Serve without deadlocking, and a crashed worker only costs its batch (retried by Ray)."""
-    rows = [features.extract_row(t, u, lyr, cfg)
+    rows = [features.extract_row(t, u, lyr, cfg, policy)
             for t, u, lyr in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])]
     return features.rows_to_table(rows, cfg)
 
@@ -66,11 +72,12 @@ ACTORS_PER_GPU = 4
 
 
 def _internal(exc: Exception) -> str:
-    """``extract_row``'s error text for an exception: an AudioError's own, anything else as ``internal``."""
-    return str(exc) if isinstance(exc, audio.AudioError) else f"internal: {type(exc).__name__}: {exc}"
+    """``extract_row``'s error text for an exception: an input error's own, anything else as ``internal``."""
+    return str(exc) if isinstance(exc, (audio.AudioError, lyrics.LyricsError)) \
+        else f"internal: {type(exc).__name__}: {exc}"
 
 
-def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig) -> pa.Table:
+def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy) -> pa.Table:
     """Ray Data task of the torch path: what :func:`hitmodels.features.extract_row` does per track before
     and after the audio features (fetch, decode, check, lyric features), with the same errors, as a
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
@@ -79,13 +86,13 @@ def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig) -> pa.Table:
         row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None}
         try:
             # a manifest read by pandas gives None or NaN where the URI is missing
-            y, sr = audio.load(uri if isinstance(uri, str) else "", cfg)
+            y, sr = audio.load(uri if isinstance(uri, str) else "", cfg, policy)
             row.update(sr=int(sr), pcm=np.ascontiguousarray(y, dtype=np.float32).tobytes())
         except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
             row["error"] = _internal(exc)
         if row["error"] is None:
             try:  # extract_row computes these after the audio features: a failure only counts if they pass
-                row.update(lyrics.lyric_features(text if isinstance(text, str) else None))
+                row.update(lyrics.lyric_features(text if isinstance(text, str) else None, policy=policy))
             except Exception as exc:
                 row["lyric_error"] = _internal(exc)
         rows.append(row)
@@ -185,8 +192,9 @@ def gpu_workers_have_cuda(timeout_s: float = 120.0) -> bool:
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 # What fetch_bytes needs to reach an S3-compatible store; forwarded from the driver to the tasks.
 # (Not file paths such as AWS_CA_BUNDLE or AWS_CONFIG_FILE: they mean nothing on another node.)
-S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-          "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Credentials are not among them: they reach workers through each node's own AWS environment, config file
+# or instance profile, never through a runtime environment that Ray's state API and dashboard show.
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 def part_files(out_dir: Path) -> list[Path]:
@@ -236,13 +244,16 @@ def _task_env(uris: pd.Series) -> dict:
 
 
 def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureConfig(),
-        batch_size: int = 4, block_size: int = 64, device: str = "auto", torch_batch_size: int = 16) -> Counter:
+        batch_size: int = 4, block_size: int = 64, device: str = "auto", torch_batch_size: int = 16,
+        policy: InputPolicy | None = None) -> Counter:
     """Extract features for every track of ``manifest`` not yet in ``out_dir``; returns counts per outcome.
 
     ``device``: ``auto`` (the torch path when the cluster has a GPU), ``cpu`` or ``torch``; see the module
-    docstring. ``torch_batch_size``: clips per torch batch."""
+    docstring. ``torch_batch_size``: clips per torch batch. ``policy``: which audio URIs may be read and the
+    input bounds (default :meth:`InputPolicy.for_manifest`: the manifest's directory and ``$HITMUSIC_HOME``)."""
     import ray
 
+    policy = policy or InputPolicy.for_manifest(manifest)
     init_ray()
     out_dir = Path(out_dir)
     df = read_manifest(manifest)
@@ -263,11 +274,11 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                   "audio features on the CPU path", file=sys.stderr)
             device = "cpu"
         if not use_torch(device, n_gpus):
-            ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="pandas",
-                                num_cpus=1, **_task_env(todo["audio_uri"]))
+            ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
+                                batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
         else:
-            ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size, batch_format="pandas",
-                                num_cpus=1, **_task_env(todo["audio_uri"]))
+            ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
+                                batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
             # ACTORS_PER_GPU actors share each GPU; without a usable GPU (--device torch), one actor on one CPU
             n_actors = int(n_gpus) * ACTORS_PER_GPU if on_gpu else 1
             ds = ds.map_batches(TorchFeatures,
@@ -302,12 +313,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the NumPy path per clip; cpu = always NumPy; torch = always torch (on CPU without GPUs)")
     p.add_argument("--torch-batch-size", type=int, default=16,
                    help="clips per torch batch (default 16: ~1 GB of GPU memory for 30 s previews)")
+    add_policy_arguments(p)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     cfg = FeatureConfig(sr=args.sr, n_mfcc=args.n_mfcc)
     run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size,
-        device=args.device, torch_batch_size=args.torch_batch_size)
+        device=args.device, torch_batch_size=args.torch_batch_size, policy=policy_from_args(args, args.manifest))
     return 0
 
 

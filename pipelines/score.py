@@ -34,10 +34,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hitmodels.cli import module_main
-from hitmodels.config import FeatureConfig
+from hitmodels.config import FeatureConfig, InputPolicy
+from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.predict import PRECISIONS
-from hitmodels.registry import CHAMPION, ModelRef, resolve
+from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
 from hitmodels.services import init_ray
 
 BASE_COLUMNS = [("track_id", pa.string()), ("popularity", pa.float64()), ("class", pa.string())]
@@ -61,25 +62,18 @@ def output_schema(model_outputs: list[str]) -> pa.Schema:
     return pa.schema(BASE_COLUMNS + extra + TAIL_COLUMNS)
 
 
-def load_model(ref: ModelRef, tracking_uri: str | None):
-    import mlflow
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    return mlflow.pyfunc.load_model(ref.uri)
-
-
 def model_outputs(model) -> list[str]:
-    schema = model.metadata.get_output_schema()
-    return schema.input_names() if schema is not None else ["popularity", "class"]
+    return list(model.outputs)
 
 
-def extract_features(batch: pd.DataFrame, cfg: FeatureConfig) -> pd.DataFrame:
+def extract_features(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy) -> pd.DataFrame:
     """Add extracted features to manifest rows (``audio_uri``, ``lyrics``); metadata columns already in the
     batch win over nothing, absent ones stay missing and are imputed by the model."""
     from hitmodels.features import extract_row
 
     lyr = batch["lyrics"] if "lyrics" in batch else pd.Series([""] * len(batch))
-    rows = [extract_row(t, u, ly, cfg) for t, u, ly in zip(batch["track_id"], batch["audio_uri"], lyr.fillna(""))]
+    rows = [extract_row(t, u, ly, cfg, policy)
+            for t, u, ly in zip(batch["track_id"], batch["audio_uri"], lyr.fillna(""))]
     feats = pd.DataFrame(rows).drop(columns=["track_id"])
     keep = batch.drop(columns=[c for c in feats.columns if c in batch.columns]).reset_index(drop=True)
     return pd.concat([keep, feats], axis=1)
@@ -172,15 +166,14 @@ def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, sch
 
 
 def array_predictor(model, columns: list[str], precision: str = "fp32"):
-    """``X -> {output: array}`` for a loaded pyfunc: the project's models answer on arrays directly (no
+    """``X -> {output: array}`` for a loaded model: the project's models answer on arrays directly (no
     per-call schema enforcement over every column; :func:`feature_matrix` already checked the values), in
-    ``precision``; any other pyfunc gets a DataFrame."""
-    python_model = model.unwrap_python_model() if hasattr(model, "unwrap_python_model") else None
-    if hasattr(python_model, "predict_array"):
-        return functools.partial(python_model.predict_array, precision=precision)
+    ``precision``; any other model gets a DataFrame."""
+    if hasattr(model, "predict_array"):
+        return functools.partial(model.predict_array, precision=precision)
 
     def predict(X: np.ndarray) -> dict[str, np.ndarray]:
-        out = model.predict(pd.DataFrame(X.astype(np.float64), columns=columns))
+        out = model.predict(None, pd.DataFrame(X.astype(np.float64), columns=columns))
         return {c: out[c].to_numpy() for c in out.columns}
 
     return predict
@@ -199,12 +192,13 @@ def cached_model(ref: ModelRef, tracking_uri: str | None):
 
 
 def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
-                extract: FeatureConfig | None, precision: str = "fp32") -> pa.Table:
+                extract: FeatureConfig | None, precision: str = "fp32",
+                policy: InputPolicy | None = None) -> pa.Table:
     """Ray Data task over rows Ray Data read (CSV, audio manifests): (extract, then) score one batch."""
     model = cached_model(ref, tracking_uri)
-    columns = model.unwrap_python_model().columns
+    columns = model.columns
     if extract is not None:
-        frame = extract_features(batch.to_pandas(), extract)
+        frame = extract_features(batch.to_pandas(), extract, policy)
         # metadata a manifest does not carry is imputed by the model (training medians), as documented
         for c in columns:
             if c not in frame:
@@ -239,7 +233,7 @@ def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, sche
     scored, score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
     columns out of the object store (3x the plain loop's time when Ray Data read them and passed them on)."""
     model = cached_model(ref, tracking_uri)
-    features = model.unwrap_python_model().columns
+    features = model.columns
     predict = array_predictor(model, features, precision)
     outs = []
     for path, row_group in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()):
@@ -290,8 +284,10 @@ def scored(out_dir: str) -> tuple[set[str], set[str]]:
 
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
-        tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32") -> ModelRef:
-    """Score every row of ``table`` not yet in ``out_dir``; returns the model version used."""
+        tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32",
+        policy: InputPolicy | None = None) -> ModelRef:
+    """Score every row of ``table`` not yet in ``out_dir``; returns the model version used. ``policy``: what
+    the ``audio_uri`` of a manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`)."""
     import ray
 
     if precision not in PRECISIONS:
@@ -302,7 +298,7 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
     tracking_uri = resolve_tracking_uri(tracking_uri)
     ref = resolve(model_name, version, tracking_uri)
     model = load_model(ref, tracking_uri)
-    columns = model.unwrap_python_model().columns
+    columns = model.columns
     have = set(input_columns(table))
     # Fail before any work if the table cannot feed the model at all (a schema problem, not a bad row).
     if "track_id" not in have:
@@ -343,7 +339,8 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
             ds = ds.filter(expr=~col("track_id").is_in(sorted(done)))
         ds = ds.map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
                             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema,
-                                       "extract": extract, "precision": precision},
+                                       "extract": extract, "precision": precision,
+                                       "policy": policy or InputPolicy.for_manifest(table)},
                             batch_format="pyarrow", num_cpus=1)
     out_fs, out_path = filesystem(out_dir)
     ds.write_parquet(out_path, filesystem=out_fs)
@@ -368,11 +365,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the network's arithmetic: fp32 (default, as trained and as Serve answers) or bf16 "
                         "(~3x faster model on CPUs with AVX512-BF16/AMX; scores move by ~0.3 points on average, "
                         "up to ~2)")
+    add_policy_arguments(p)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     ref = run(args.table, args.out_dir, args.model, args.version, args.tracking_uri, args.batch_size,
-              args.precision)
+              args.precision, policy_from_args(args, args.table))
     print(f"scored with {ref.name} version {ref.version}")
     return 0
 

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import File, Form, HTTPException, Request, Response, UploadFile
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -53,8 +54,56 @@ PASSTHROUGH = ("track_id",)
 NUMBER_TYPES = frozenset({int, float})
 log = logging.getLogger("ray.serve")
 
-api = FastAPI(title="HitMusic popularity service",
-              description="Predicts track popularity (0-100) and class with the registry's champion model.")
+# Swagger UI and ReDoc assets come from the fastapi-offline package and are served by the app itself: the
+# stock FastAPI pages load them from a CDN and are blank on a machine without internet.
+api = FastAPIOffline(title="HitMusic popularity service",
+                     description="Predicts track popularity (0-100) and class with the registry's champion model.")
+
+
+# Body bounds per route, in bytes; set by each replica from its ServeSettings (one replica per process).
+BODY_LIMITS: dict[str, int] = {"/predict": int(ServeSettings.max_body_mb * 2**20),
+                               "/predict/audio": int(ServeSettings.max_upload_mb * 2**20)}
+
+
+def _too_large(limit: int, path: str) -> HTTPException:
+    loc = ["body", "file"] if path.startswith("/predict/audio") else ["body"]
+    return HTTPException(413, detail=[{"loc": loc, "msg": f"request body larger than {limit} bytes "
+                                                          f"({limit / 2**20:g} MiB) for {path}"}])
+
+
+class BodyLimit:
+    """ASGI middleware: a body over its route's bound answers 413 before anything parses or spools it, from
+    ``Content-Length`` when the client sends one, else as soon as the streamed body passes the bound (the
+    HTTPException raised from ``receive`` reaches FastAPI's handler, which answers it)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "").rstrip("/") if scope["type"] == "http" else ""
+        limit = BODY_LIMITS.get(path)
+        if limit is None:
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            exc = _too_large(limit, path)
+            response = Response(orjson.dumps({"detail": exc.detail}), status_code=413, media_type="application/json")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def bounded_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(limit, path)
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
+api.add_middleware(BodyLimit)
 
 
 class PredictRequest(BaseModel):
@@ -195,18 +244,38 @@ def row_problems(i: int, row: dict[str, Any], columns: list[str]) -> list[dict]:
     return problems
 
 
-def audio_feature_row(data: bytes, name: str, lyric_text: str) -> dict[str, float]:
-    """Features of an uploaded preview, computed as the batch pipeline does; 422 naming the reason if unusable."""
+def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSettings = ServeSettings()
+                      ) -> dict[str, float]:
+    """Features of an uploaded preview, computed as the batch pipeline does; 422 naming the field and the
+    reason if the audio is unusable or longer than ``max_duration_s``, or the lyrics exceed their bounds."""
     from hitmodels import audio, lyrics
-    from hitmodels.config import FeatureConfig
+    from hitmodels.config import FeatureConfig, InputPolicy
 
+    policy = InputPolicy(max_duration_s=settings.max_duration_s, max_lyric_chars=settings.max_lyric_chars,
+                         max_lyric_lines=settings.max_lyric_lines)
+    try:  # before the audio work: a refused text should cost nothing
+        lyrics.check_bounds(lyric_text, policy.max_lyric_chars, policy.max_lyric_lines)
+    except lyrics.LyricsError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body", "lyrics"], "msg": str(exc), "reason": exc.reason}])
     cfg = FeatureConfig()
     try:
-        y, sr = audio.decode(data, cfg.sr, name=name)
+        y, sr = audio.decode(data, cfg.sr, name=name, max_duration_s=policy.max_duration_s)
         audio.check_usable(y, sr, cfg, name=name)
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text)}
+    return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text, policy=policy)}
+
+
+def short_reason(exc: Exception) -> str:
+    """What ``/healthz`` says about a failed registry call: the kind of failure, never the exception's text
+    (which can carry URLs, hosts and server internals)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, LookupError):  # our own message: the alias or version is missing
+        return "alias or version not found in the registry"
+    if isinstance(exc, MlflowException):
+        return f"registry error ({exc.error_code})"
+    return f"registry unreachable ({type(exc).__name__})"
 
 
 def _iso(ms: int | None) -> str | None:
@@ -254,8 +323,10 @@ class ModelHolder:
     def _load(self, version: str) -> Served:
         import mlflow
 
+        from hitmodels.registry import ModelRef, load_model
+
         name = self.settings.model_name
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        model = load_model(ModelRef(name, version), self.tracking_uri)  # weights + JSON, never a pickle
         client = mlflow.MlflowClient(self.tracking_uri)
         mv = client.get_model_version(name, version)
         run = client.get_run(mv.run_id) if mv.run_id else None
@@ -265,7 +336,7 @@ class ModelHolder:
                 "trained": _iso(run.info.start_time) if run else None,
                 "registered": _iso(mv.creation_timestamp), "created": mv.creation_timestamp,
                 "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")}}
-        columns = model.unwrap_python_model().columns
+        columns = model.columns
         return Served(name, version, model, list(columns), {**info, "n_features": len(columns)})
 
     def poll(self) -> bool:
@@ -275,14 +346,16 @@ class ModelHolder:
             version = self._resolve()
             self.registry_ok, self.registry_error = True, None
         except Exception as exc:  # unreachable server, auth, deleted alias: keep serving what we have
-            self.registry_ok, self.registry_error = False, f"{type(exc).__name__}: {exc}"[:300]
+            self.registry_ok, self.registry_error = False, short_reason(exc)
+            log.warning("registry poll failed: %s", self.registry_error)
             return False
         if version == self.served.version:
             return False
         try:
             new = self._load(version)
         except Exception as exc:
-            self.registry_ok, self.registry_error = False, f"loading version {version}: {exc}"[:300]
+            self.registry_ok, self.registry_error = False, f"loading version {version} failed: {short_reason(exc)}"
+            log.warning("%s", self.registry_error)
             return False
         log.info("hot swap %s: version %s -> %s", self.settings.model_name, self.served.version, version)
         self.served = new
@@ -300,6 +373,8 @@ class HitMusicService:
 
     def __init__(self, settings: dict | None = None):
         self.settings = ServeSettings(**(settings or {}))
+        BODY_LIMITS.update({"/predict": int(self.settings.max_body_mb * 2**20),
+                            "/predict/audio": int(self.settings.max_upload_mb * 2**20)})
         self.holder = ModelHolder(self.settings)
         self._stop = threading.Event()
         threading.Thread(target=self._poll_loop, daemon=True, name="registry-poll").start()
@@ -320,7 +395,7 @@ class HitMusicService:
         served = self.holder.served  # one version for the whole batch
         # Rows were validated by validate_rows: MLflow's per-call schema enforcement over every column would
         # only repeat that on the hot path, so the Python model is called directly, on arrays.
-        out = served.model.unwrap_python_model().predict_array(np.concatenate(batches))
+        out = served.model.predict_array(np.concatenate(batches))
         bounds = np.cumsum([0] + [len(b) for b in batches])
         return [(served, {k: v[a:b] for k, v in out.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -334,7 +409,7 @@ class HitMusicService:
         else:
             self.requests_direct += 1
             served = self.holder.served
-            out = served.model.unwrap_python_model().predict_array(rows.X)
+            out = served.model.predict_array(rows.X)
         columns = {k: values.tolist() for k, values in out.items()}
         # orjson writes NaN as null and is several times faster than the standard encoder on 256 rows
         return Response(orjson.dumps({"model_name": served.name, "model_version": served.version,
@@ -386,7 +461,7 @@ class HitMusicService:
         except ValueError as exc:
             raise HTTPException(422, detail=[{"loc": ["body", "metadata"], "msg": f"invalid JSON object: {exc}"}])
         # feature extraction takes a few hundred ms of CPU: keep it off the event loop
-        row = await asyncio.to_thread(audio_feature_row, data, file.filename or "upload", lyrics)
+        row = await asyncio.to_thread(audio_feature_row, data, file.filename or "upload", lyrics, self.settings)
         columns = self.holder.served.columns
         unknown = sorted(set(meta) - set(columns))
         if unknown:

@@ -13,10 +13,26 @@ from pathlib import Path
 import pytest
 
 from hitmodels.config import ServiceConfig, SynthConfig
-from hitmodels.services import free_port, serve_runtime_env, start_mlflow, stop_process
+from hitmodels.services import (ensure_ray_token, free_port, refresh_ray_auth, serve_runtime_env, start_mlflow,
+                                stop_process)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HITMUSIC_SHARED", REPO.parent / "shared"))
+# The S3 test server's credentials: distinctive, so tests can prove they never reach logs, MLflow or Ray's
+# runtime environments.
+FAKE_AWS_KEY_ID = "AKIAHITMUSICFAKE7Q2Z"
+FAKE_AWS_SECRET = "hitmusicFakeSecret/9vX2kLq8RwT5nZ3mB7cD1fH4jK6pS0u"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trusted_roots(tmp_path_factory):
+    """The tests' own data (../shared and pytest's temp dirs, where catalogues and manifests are generated)
+    is where jobs may read audio from, as a user widens the input policy with HITMUSIC_ALLOWED_ROOTS; set
+    before Ray starts so that drivers and workers agree. Tests of the policy itself build theirs explicitly."""
+    old = os.environ.get("HITMUSIC_ALLOWED_ROOTS")
+    os.environ["HITMUSIC_ALLOWED_ROOTS"] = os.pathsep.join([str(SHARED), str(tmp_path_factory.getbasetemp())])
+    yield
+    _restore({"HITMUSIC_ALLOWED_ROOTS": old})
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +68,7 @@ def s3_endpoint() -> str:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+    env = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": FAKE_AWS_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET,
            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -71,7 +87,7 @@ def _restore(old: dict[str, str | None]) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_local(mlflow_uri, s3_endpoint):
+def ray_local(mlflow_uri, s3_endpoint, trusted_roots):
     """A real local Ray instance (2 CPUs, like CI); workers inherit MLFLOW_TRACKING_URI and the S3 endpoint."""
     import ray
 
@@ -79,13 +95,20 @@ def ray_local(mlflow_uri, s3_endpoint):
     # that a user's running services on this machine are not touched; set before Ray or Serve is imported
     haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))  # short: Unix socket paths
     serve_env = serve_runtime_env(ServiceConfig().serve_ingress, private_dir=haproxy_dir)
-    old = {k: os.environ.get(k) for k in serve_env}
+    # token auth as everywhere, with a token file of the session's own (mode 0600): the user's
+    # ~/.ray/auth_token is neither read nor written
+    token = ensure_ray_token(haproxy_dir / "ray_auth_token")
+    serve_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    old = {k: os.environ.get(k) for k in [*serve_env, "RAY_AUTH_TOKEN"]}
+    os.environ.pop("RAY_AUTH_TOKEN", None)
     os.environ.update(serve_env)
-    # address="local": always a fresh instance of our own, even if a `ray start` cluster runs on this machine
+    refresh_ray_auth()  # test modules imported Ray before this fixture set the mode
+    # address="local": always a fresh instance of our own, even if a `ray start` cluster runs on this machine.
+    # S3 credentials reach the workers as they would on a real node, through the environment they inherit
+    # (set by s3_endpoint before Ray starts), never through the runtime environment.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {k: os.environ[k] for k in (
-                 "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_DEFAULT_REGION")}})
+                 "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")}})
     yield ray
     try:
         from ray import serve

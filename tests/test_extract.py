@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 
 from hitmodels import features
-from hitmodels.config import FeatureConfig
+from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.services import free_port, signal_matching, stop_process
 from pipelines import extract
 
@@ -72,16 +72,19 @@ def test_every_kind_of_bad_input_gives_one_row_with_its_reason(ray_local, tiny_c
         "t-too-short": (str(tmp_path / "short.wav"), "too_short"),
         "t-silent": (str(tmp_path / "silent.wav"), "silent"),
         "t-unreachable": (f"http://127.0.0.1:{closed_port}/x.wav", "fetch_failed"),
+        "t-outside-roots": ("/etc/hostname", "uri_not_allowed"),
     }
     good = _good_tracks(tiny_catalogue, 3)
     rows = [(t, u, "la la la") for t, (u, _) in bad.items()] + list(good.itertuples(index=False, name=None))
     rows.append(rows[0])  # a duplicated manifest row is one track, not two rows
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
 
-    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+    # the closed port's host is allowed, so that fetching it fails rather than being refused
+    policy = InputPolicy.for_manifest(manifest, hosts=(f"127.0.0.1:{closed_port}",), allow_private_http=True)
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3, policy=policy)
 
     assert counts == {"ok": 3, "missing": 2, "empty": 1, "undecodable": 1, "too_short": 1, "silent": 1,
-                      "fetch_failed": 1}
+                      "fetch_failed": 1, "uri_not_allowed": 1}
     raw = _raw_rows(tmp_path / "out")
     assert sorted(raw["track_id"]) == sorted({r[0] for r in rows})  # rows in = rows out, each once
     by_id = raw.set_index("track_id")
@@ -131,8 +134,8 @@ def _local_rows(good: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_audio_from_s3_compatible_store(ray_local, tiny_catalogue, tmp_path, s3_endpoint):
-    """conftest's session-wide moto server; its endpoint and dummy keys reach the tasks through
-    AWS_ENDPOINT_URL_S3 and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."""
+    """conftest's session-wide moto server; its endpoint reaches the tasks through AWS_ENDPOINT_URL_S3 and
+    its dummy keys through the environment the workers inherit (never the runtime environment)."""
     import uuid
 
     import boto3
@@ -149,16 +152,18 @@ def test_audio_from_s3_compatible_store(ray_local, tiny_catalogue, tmp_path, s3_
     rows += [("t-s3-empty", f"s3://{bucket}/audio/empty.wav", ""),
              ("t-s3-no-key", f"s3://{bucket}/audio/nope.wav", ""),
              ("t-s3-no-bucket", "s3://no-such-bucket/a.wav", "")]
+    rows.append(("t-s3-other-bucket", "s3://not-allowed-bucket/a.wav", ""))
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
 
-    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+    policy = InputPolicy.for_manifest(manifest, buckets=(bucket, "no-such-bucket"))
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3, policy=policy)
 
-    assert counts == {"ok": 3, "empty": 1, "fetch_failed": 2}
+    assert counts == {"ok": 3, "empty": 1, "fetch_failed": 2, "uri_not_allowed": 1}
     table = extract.read_features(tmp_path / "out").set_index("track_id")
     assert "NoSuchKey" in table.loc["t-s3-no-key", "error"]
     # the same bytes give the same features as the local files
     pd.testing.assert_frame_equal(table.loc[list(good["track_id"]), FEATURES], _local_rows(good),
-                                  check_exact=False, rtol=1e-9)
+                                  check_exact=False, rtol=1e-6)  # float32 features; BLAS threads differ
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -191,13 +196,15 @@ def test_audio_over_http(ray_local, tiny_catalogue, tmp_path, http_root):
     rows += [("t-http-empty", f"{base}/empty.wav", ""), ("t-http-404", f"{base}/nope.wav", "")]
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
 
-    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3)
+    # the test server is on loopback: allowed by name, and private addresses allowed for it
+    policy = InputPolicy.for_manifest(manifest, hosts=(base.split("//")[1],), allow_private_http=True)
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3, policy=policy)
 
     assert counts == {"ok": 3, "empty": 1, "fetch_failed": 1}
     table = extract.read_features(tmp_path / "out").set_index("track_id")
     assert "404" in table.loc["t-http-404", "error"]
     pd.testing.assert_frame_equal(table.loc[list(good["track_id"]), FEATURES], _local_rows(good),
-                                  check_exact=False, rtol=1e-9)
+                                  check_exact=False, rtol=1e-6)  # float32 features; BLAS threads differ
 
 
 # ---- a two-node Ray cluster on this machine -------------------------------------------------------------
@@ -219,12 +226,12 @@ while sum(n["Alive"] for n in ray.nodes()) < 2:
 job_batch = extract.extract_batch
 
 
-def traced(batch, cfg):  # pickled by value: the tasks note which node ran them, then do the real work
+def traced(batch, cfg, policy):  # pickled by value: the tasks note which node ran them, then do the real work
     import ray
 
     with open(os.path.join(marker, ray.get_runtime_context().get_node_id()), "a") as f:
         f.write("".join(f"{t}\\n" for t in batch["track_id"]))
-    return job_batch(batch, cfg)
+    return job_batch(batch, cfg, policy)
 
 
 extract.extract_batch = traced

@@ -107,9 +107,6 @@ def test_answer_batches_only_requests_that_overlap(monkeypatch):
     calls = []
 
     class Model:
-        def unwrap_python_model(self):
-            return self
-
         def predict_array(self, X):
             calls.append(len(X))
             return {"popularity": X[:, 0] * 10.0}

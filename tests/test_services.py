@@ -33,9 +33,12 @@ def test_serve_runtime_env_picks_haproxy_only_where_it_exists(tmp_path, monkeypa
     fake = tmp_path / "haproxy"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
+    monkeypatch.delenv("HITMUSIC_HAPROXY_REAL", raising=False)
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(fake))
     env = services.serve_runtime_env("auto")
-    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(fake)
+    # Serve runs the loopback wrapper, which runs the real binary
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(services.HAPROXY_WRAPPER)
+    assert env["HITMUSIC_HAPROXY_REAL"] == str(fake)
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     assert "RAY_SERVE_ENABLE_HA_PROXY" not in services.serve_runtime_env("proxy")
 
