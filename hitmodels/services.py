@@ -267,8 +267,10 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
     """Start Ray (token auth) and the MLflow server unless they already run; returns their addresses, what
     was already running, and where the Ray token is. ``ray_args``: extra ``ray start`` flags."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    token = ensure_ray_token(ray_token_path(cfg.home)) if not (
-        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) else None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        token = "$RAY_AUTH_TOKEN"
+    else:  # a path named in the environment (a cluster's own), or the project's
+        token = str(ensure_ray_token(Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or ray_token_path(cfg.home))))
     pid_file = cfg.run_dir / "mlflow.pid"
     running = []
     if _alive(pid_file):
@@ -283,7 +285,7 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
     return {"mlflow": f"http://{cfg.host}:{cfg.mlflow_port}",
             "ray": f"{cfg.host}:{cfg.ray_port}",
             "ray_dashboard": f"http://{cfg.host}:{cfg.ray_dashboard_port}",
-            "serve": cfg.serve_url, "ray_token": str(token) if token else "(from RAY_AUTH_TOKEN/_PATH)",
+            "serve": cfg.serve_url, "ray_token": token,
             "already_running": ",".join(running)}
 
 

@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from hitmodels.config import ServeSettings
+from serve.body_limit import BodyLimit, set_body_limits
 
 PASSTHROUGH = ("track_id",)
 NUMBER_TYPES = frozenset({int, float})
@@ -60,50 +61,7 @@ api = FastAPIOffline(title="HitMusic popularity service",
                      description="Predicts track popularity (0-100) and class with the registry's champion model.")
 
 
-# Body bounds per route, in bytes; set by each replica from its ServeSettings (one replica per process).
-BODY_LIMITS: dict[str, int] = {"/predict": int(ServeSettings.max_body_mb * 2**20),
-                               "/predict/audio": int(ServeSettings.max_upload_mb * 2**20)}
-
-
-def _too_large(limit: int, path: str) -> HTTPException:
-    loc = ["body", "file"] if path.startswith("/predict/audio") else ["body"]
-    return HTTPException(413, detail=[{"loc": loc, "msg": f"request body larger than {limit} bytes "
-                                                          f"({limit / 2**20:g} MiB) for {path}"}])
-
-
-class BodyLimit:
-    """ASGI middleware: a body over its route's bound answers 413 before anything parses or spools it, from
-    ``Content-Length`` when the client sends one, else as soon as the streamed body passes the bound (the
-    HTTPException raised from ``receive`` reaches FastAPI's handler, which answers it)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        path = scope.get("path", "").rstrip("/") if scope["type"] == "http" else ""
-        limit = BODY_LIMITS.get(path)
-        if limit is None:
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            exc = _too_large(limit, path)
-            response = Response(orjson.dumps({"detail": exc.detail}), status_code=413, media_type="application/json")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def bounded_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _too_large(limit, path)
-            return message
-
-        await self.app(scope, bounded_receive, send)
-
-
-api.add_middleware(BodyLimit)
+api.add_middleware(BodyLimit)  # /predict and /predict/audio: 413 before parsing or spooling
 
 
 class PredictRequest(BaseModel):
@@ -373,8 +331,8 @@ class HitMusicService:
 
     def __init__(self, settings: dict | None = None):
         self.settings = ServeSettings(**(settings or {}))
-        BODY_LIMITS.update({"/predict": int(self.settings.max_body_mb * 2**20),
-                            "/predict/audio": int(self.settings.max_upload_mb * 2**20)})
+        set_body_limits({"/predict": int(self.settings.max_body_mb * 2**20),
+                         "/predict/audio": int(self.settings.max_upload_mb * 2**20)})
         self.holder = ModelHolder(self.settings)
         self._stop = threading.Event()
         threading.Thread(target=self._poll_loop, daemon=True, name="registry-poll").start()

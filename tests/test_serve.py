@@ -39,7 +39,7 @@ def app(registry, serve_port):
     versions = [train(random_table(s), cfg, registry["uri"]).version for s in (1, 2)]
     promote(MODEL, versions[0], tracking_uri=registry["uri"])
     settings = ServeSettings(model_name=MODEL, tracking_uri=registry["uri"], poll_interval_s=1.0, max_rows=8,
-                             max_upload_mb=1.0)
+                             max_upload_mb=1.0, max_body_mb=0.5, max_lyric_lines=500)
     url = deploy(settings, port=serve_port, app_name="serve-test", route_prefix="/serve-test")
     return {"url": url, "versions": versions, **registry}
 
@@ -82,6 +82,33 @@ def test_http_port_is_served_by_haproxy_where_it_is_installed(app, serve_port):
     if not owners:
         pytest.skip("the listener's process is not visible to this user (not root)")
     assert owners == {"haproxy"}, owners
+
+
+def test_haproxy_side_ports_listen_on_loopback_and_its_admin_socket_is_private(app):
+    """Ray's HAProxy template binds stats and metrics on every interface and makes the admin socket mode
+    666; serve/haproxy_loopback.sh moves both to 127.0.0.1 and makes the socket 0600."""
+    import os
+    import stat
+
+    import psutil
+
+    from hitmodels.services import serve_ingress_in_use
+
+    if serve_ingress_in_use() != "haproxy":
+        pytest.skip("haproxy is not installed here: Serve uses Ray's Python proxy")
+    ports = {int(os.environ[k]) for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")}
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
+    if not listening:
+        pytest.skip("the listeners are not visible to this user (not root)")
+    assert {c.laddr.port for c in listening} == ports
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
+    from pathlib import Path
+
+    base = Path(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"])  # Serve puts it in a directory per node
+    sockets = [p for p in base.parent.glob(f"*/{base.name}") if p.is_socket()]
+    assert sockets, f"no admin socket under {base.parent}"
+    for sock in sockets:
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600, (sock, oct(sock.stat().st_mode))
 
 
 def test_predict_returns_popularity_class_and_version(app):
@@ -212,6 +239,55 @@ def test_audio_upload_errors(app, payload, status, reason):
     assert reason in resp.text
 
 
+def test_bodies_over_the_bound_answer_413_before_parsing(app):
+    """/predict's bound (0.5 MiB here) holds from Content-Length and, without one, while the body streams;
+    the upload's (1 MiB) holds before the multipart body is spooled."""
+    url = app["url"]
+    big = b'{"rows": [' + b'{"x": 1.0},' * 60_000 + b'{"x": 1.0}]}'  # ~0.7 MB of otherwise valid JSON
+    declared = httpx.post(f"{url}/predict", content=big, headers={"Content-Type": "application/json"}, timeout=30)
+    assert declared.status_code == 413, declared.text
+    assert declared.json()["detail"][0]["loc"] == ["body"] and "/predict" in declared.json()["detail"][0]["msg"]
+
+    def chunks():  # no Content-Length: chunked transfer encoding
+        for a in range(0, len(big), 65536):
+            yield big[a:a + 65536]
+
+    streamed = httpx.post(f"{url}/predict", content=chunks(), headers={"Content-Type": "application/json"},
+                          timeout=30)
+    assert streamed.status_code == 413, streamed.text
+    upload = httpx.post(f"{url}/predict/audio", files={"file": ("x.wav", b"\0" * (3 * 2**20), "audio/wav")},
+                        timeout=30)
+    assert upload.status_code == 413 and upload.json()["detail"][0]["loc"] == ["body", "file"], upload.text
+    assert httpx.post(f"{url}/predict", json={"rows": [good_row(url)]}, timeout=30).status_code == 200
+
+
+def test_lyrics_past_their_bound_answer_422_naming_lyrics(app, shared_dir):
+    """20,000 one-letter lines took a replica from 865 MB to 8.7 GB before the bound (500 lines here)."""
+    data = (shared_dir / "data/audio/edm.mp3").read_bytes()
+    resp = httpx.post(f"{app['url']}/predict/audio", files={"file": ("edm.mp3", data, "audio/mpeg")},
+                      data={"lyrics": "a\n" * 20_000}, timeout=60)
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"][0]
+    assert detail["loc"] == ["body", "lyrics"] and detail["reason"] == "lyrics_too_long", detail
+
+
+def test_docs_work_offline(app):
+    """/docs and /redoc reference no external host; their scripts and styles are served by the app."""
+    import re
+    from urllib.parse import urljoin, urlparse
+
+    url = app["url"]
+    for page in ("docs", "redoc"):
+        resp = httpx.get(f"{url}/{page}", timeout=30)
+        assert resp.status_code == 200
+        refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', resp.text) + re.findall(r"url\s*:\s*'([^']+)'", resp.text)
+        assert refs, resp.text[:500]
+        for ref in refs:
+            full = urljoin(f"{url}/{page}", ref)
+            assert urlparse(full).netloc == urlparse(url).netloc, f"{page} loads {ref} from another host"
+            assert httpx.get(full, timeout=30).status_code == 200, full
+
+
 def test_audio_upload_bad_metadata(app, tmp_path):
     import soundfile as sf
 
@@ -262,5 +338,7 @@ def test_hot_swap_then_registry_outage(app):
             break
         time.sleep(0.5)
     assert h["registry_ok"] is False and h["status"] == "degraded" and h["registry_error"]
+    # a short reason, not the exception's text (which named the server's address and the retry internals)
+    assert h["registry_error"].startswith("registry unreachable (") and "127.0.0.1" not in h["registry_error"]
     r = httpx.post(f"{url}/predict", json=body, timeout=30)
     assert r.status_code == 200 and r.json()["model_version"] == v2
