@@ -53,16 +53,14 @@ def write_rows(path: Path, columns: list[str], rows: int, group: int = 50_000) -
 
 def plain_loop(table: str, out: str, model_uri: str) -> dict:
     """The peer: one process, no Ray, the same per-batch work (Arrow -> matrix -> model -> Arrow)."""
-    import mlflow
-
-    from hitmodels.registry import ModelRef
+    from hitmodels.registry import ModelRef, load_model
     from pipelines.score import array_predictor, model_outputs, output_schema, row_group_batches, score_table
 
     t0 = time.perf_counter()  # from loading the model, as the Ray job's time includes its loading too
-    model = mlflow.pyfunc.load_model(model_uri)
-    columns = model.unwrap_python_model().columns
-    predict, schema = array_predictor(model, columns), output_schema(model_outputs(model))
     ref = ModelRef("bench", model_uri.rsplit("/", 1)[-1])
+    model = load_model(ref)  # as the job's workers load it: the bundle as data
+    columns = model.columns
+    predict, schema = array_predictor(model, columns), output_schema(model_outputs(model))
     n = 0
     fs = pafs.LocalFileSystem()
     with pq.ParquetWriter(out, schema) as writer:
@@ -156,6 +154,9 @@ def main() -> int:
         print(f"plain loop: {plain_rate:10,.0f} tracks/s  ({plain['seconds']:.1f} s)  "
               f"peak RSS {plain['peak_rss_mb']:,.0f} MB", flush=True)
 
+        from hitmodels.services import use_ray_auth
+
+        use_ray_auth()  # token auth, as every Ray of the project
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
         ray_rate, peak = ray_job(score, table, tmp / "ray_scores", result.version, uri, args.rows, "fp32")

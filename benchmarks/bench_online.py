@@ -30,7 +30,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hitmodels.config import ServeSettings, ServiceConfig, TrainConfig  # noqa: E402
-from hitmodels.services import (INGRESS_CHOICES, free_port, serve_ingress_in_use, serve_runtime_env,  # noqa: E402
+from hitmodels.services import (INGRESS_CHOICES, ensure_ray_token, free_port, serve_ingress_in_use, serve_runtime_env,  # noqa: E402
                                 start_mlflow, stop_process, wait_http)
 from tables import random_table  # noqa: E402
 
@@ -111,6 +111,8 @@ def main() -> int:
     args = p.parse_args()
     haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))
     os.environ.update(serve_runtime_env(args.ingress, private_dir=haproxy_dir))  # before Ray starts
+    # token auth as everywhere, with a throwaway token of the benchmark's own
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ensure_ray_token(haproxy_dir / "token")))
 
     import ray
 

@@ -65,6 +65,9 @@ def main() -> int:
                       replace(base, delta=delta, optimizer=opt, ae_epochs=args.epochs, mlp_epochs=args.epochs))
         plain = (time.perf_counter() - t0) / min(args.trials, 4)
 
+        from hitmodels.services import use_ray_auth
+
+        use_ray_auth()  # token auth, as every Ray of the project
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
         t0 = time.perf_counter()

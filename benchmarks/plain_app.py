@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 
-import mlflow
 import orjson
 from fastapi import FastAPI, Request, Response
 
+from hitmodels.registry import load_model, resolve
 from serve.app import parse_rows, validate_rows
 
-model = mlflow.pyfunc.load_model(os.environ.get("BENCH_MODEL", "models:/hitmusicnet@champion"))
-python_model = model.unwrap_python_model()  # the same direct call as the Serve app
+# models:/NAME@ALIAS or models:/NAME/VERSION
+name, _, version = os.environ.get("BENCH_MODEL", "models:/hitmusicnet@champion").removeprefix("models:/") \
+    .replace("@", "/").partition("/")
+python_model = load_model(resolve(name, version))  # loaded and called as the Serve app does
 columns = python_model.columns
 app = FastAPI()
 

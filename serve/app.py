@@ -17,12 +17,19 @@ Endpoints (OpenAPI docs at ``/docs``):
 - ``POST /predict/audio``: multipart upload ``file`` (MP3, WAV, OGG or FLAC) with optional ``lyrics`` and
   ``metadata`` (JSON object of metadata columns, e.g. ``{"artist_popularity": 61}``; absent ones are imputed
   with the training medians). Features are extracted exactly as in the batch pipeline. Empty, undecodable,
-  too short, silent: 422 with the reason; too large: 413.
+  too short, silent, longer than ``max_duration_s``, lyrics past ``max_lyric_chars``/``max_lyric_lines``: 422
+  with the reason and the field; a body over ``max_upload_mb``: 413.
+
+Bounds: ``/predict`` bodies over ``max_body_mb`` and uploads over ``max_upload_mb`` answer 413 from
+``Content-Length`` or while the body streams, before anything is parsed or spooled (:mod:`serve.body_limit`);
+``max_rows`` rows per request. Models are loaded as data from the configured tracking URI and model name
+(:func:`hitmodels.registry.load_model`): nothing a registry user uploaded is unpickled or run. ``/docs``
+and ``/redoc`` serve their own assets (no CDN).
 
 Hot swap: each replica polls the registry every ``poll_interval_s``; when the alias points at another
 version it loads that version and swaps it in between two batches, so requests in flight finish on the
 version they started with. If the registry is unreachable, replicas keep serving what they have and
-``/healthz`` reports ``registry_ok: false``.
+``/healthz`` reports ``registry_ok: false`` with a short reason (never the exception's text).
 """
 
 # No `from __future__ import annotations` here: FastAPI must see the real request model classes, and Serve's
