@@ -10,6 +10,8 @@ from mlflow.exceptions import MlflowException
 from .config import tracking_uri as resolve_tracking_uri
 
 CHAMPION = "champion"
+# MLflow's error codes for a model, version or alias that does not exist
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 PREVIOUS = "previous"
 
 
@@ -36,6 +38,8 @@ def resolve(name: str, version_or_alias: str = CHAMPION, tracking_uri: str | Non
         try:
             mv = c.get_model_version_by_alias(name, version_or_alias)
         except MlflowException as exc:
+            if exc.error_code not in NOT_FOUND:  # an unreachable or failing server is not a missing alias
+                raise
             raise LookupError(f"model {name!r} has no alias {version_or_alias!r}; promote a version first "
                               f"(hitmusic promote --model {name} --version N)") from exc
     return ModelRef(name, str(mv.version))

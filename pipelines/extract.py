@@ -49,7 +49,7 @@ from hitmodels.services import init_ray
 from hitmodels.cli import module_main
 
 
-def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy):
+def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | None = None):
     """Ray Data task: :func:`hitmodels.features.extract_row` over a batch, as one Arrow table with the fixed
     feature schema. Tasks rather than actors: nothing holds a CPU between batches, so the job shares a small
     machine with Serve without deadlocking, and a crashed worker only costs its batch (retried by Ray)."""
@@ -77,7 +77,7 @@ def _internal(exc: Exception) -> str:
         else f"internal: {type(exc).__name__}: {exc}"
 
 
-def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy) -> pa.Table:
+def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | None = None) -> pa.Table:
     """Ray Data task of the torch path: what :func:`hitmodels.features.extract_row` does per track before
     and after the audio features (fetch, decode, check, lyric features), with the same errors, as a
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""

@@ -236,9 +236,16 @@ def short_reason(exc: Exception) -> str:
     (which can carry URLs, hosts and server internals)."""
     from mlflow.exceptions import MlflowException
 
+    from hitmodels.registry import NOT_FOUND
+
     if isinstance(exc, LookupError):  # our own message: the alias or version is missing
         return "alias or version not found in the registry"
     if isinstance(exc, MlflowException):
+        if exc.error_code in NOT_FOUND:
+            return "alias or version not found in the registry"
+        # the client wraps connection failures as "API request to ... failed with exception ..."
+        if "failed with exception" in exc.message:
+            return "registry unreachable (connection failed)"
         return f"registry error ({exc.error_code})"
     return f"registry unreachable ({type(exc).__name__})"
 

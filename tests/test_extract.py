@@ -226,7 +226,7 @@ while sum(n["Alive"] for n in ray.nodes()) < 2:
 job_batch = extract.extract_batch
 
 
-def traced(batch, cfg, policy):  # pickled by value: the tasks note which node ran them, then do the real work
+def traced(batch, cfg, policy=None):  # pickled by value: the tasks note which node ran them, then do the real work
     import ray
 
     with open(os.path.join(marker, ray.get_runtime_context().get_node_id()), "a") as f:
