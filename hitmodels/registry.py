@@ -62,6 +62,10 @@ def load_model(ref: ModelRef, tracking_uri: str | None = None):
     from .predict import HitMusicPyfunc, load_bundle
 
     uri = resolve_tracking_uri(tracking_uri)
+    # models:/ URIs resolve through the registry URI, which is not the tracking URI passed below unless set: a
+    # Ray worker without MLFLOW_TRACKING_URI would look in a local ./mlruns
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="hitmusic-model-") as tmp:
         local = {}
         for key, rel in BUNDLE_FILES.items():

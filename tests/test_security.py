@@ -329,6 +329,13 @@ def test_registered_versions_hold_no_pickle_and_load_without_unpickling(mlflow_u
     assert "python_model.pkl" not in (local / "MLmodel").read_text()
     model = load_model(ModelRef("data-test", result.version), mlflow_uri)
     assert model.columns and {"popularity", "class"} <= set(model.outputs)
+    # as a Ray worker of `hitmusic up` loads it: the tracking URI passed, none in the environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    code = (f"from hitmodels.registry import ModelRef, load_model; "
+            f"print(len(load_model(ModelRef('data-test', '{result.version}'), '{mlflow_uri}').columns))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.split()[-1] == str(len(model.columns)), done.stderr[-2000:]
 
     # a version whose weights file is a pickle with a payload: refused, and the payload never runs
     marker = tmp_path / "marker"
