@@ -46,6 +46,13 @@ SHARED = Path(os.environ.get("HITMUSIC_SHARED", REPO.parent / "shared"))
 N_PREVIEWS = 100_000
 
 
+def _trusted():
+    """The benchmark reads its own clips: ../shared's previews or ones it generated in the temp dir."""
+    from hitmodels.config import InputPolicy
+
+    return InputPolicy(local_roots=(str(SHARED), tempfile.gettempdir()))
+
+
 def naive(path: str) -> dict:
     import librosa
 
@@ -62,7 +69,7 @@ def ours(path: str) -> dict:
     from hitmodels.config import FeatureConfig
 
     cfg = FeatureConfig()
-    y, sr = audio.load(path, cfg)
+    y, sr = audio.load(path, cfg, _trusted())
     return audio.audio_features(y, sr, cfg)
 
 
@@ -75,7 +82,7 @@ def torch_batch(paths: list[str], device: str) -> list[dict]:
     from hitmodels.config import FeatureConfig
 
     cfg = FeatureConfig()
-    loaded = [audio.load(p, cfg) for p in paths]
+    loaded = [audio.load(p, cfg, _trusted()) for p in paths]
     out: list[dict | None] = [None] * len(paths)
     for sr in sorted({sr for _, sr in loaded}):
         idx = [i for i, (_, s) in enumerate(loaded) if s == sr]

@@ -82,7 +82,8 @@ class InputPolicy:
     http_hosts: tuple[str, ...] = ()
     allow_private_http: bool = False
     max_redirects: int = 3
-    fetch_timeout_s: float = 30.0
+    fetch_timeout_s: float = 30.0  # per connect or read
+    fetch_total_s: float = 120.0  # one whole HTTP download, redirects included
     # A 30 s preview is ~0.5 MB (MP3) to 5 MB (WAV); a 15-minute 320 kbit/s MP3 is 36 MB.
     max_audio_bytes: int = 64 * 2**20
     # Full-length tracks (up to 15 minutes) are in scope for segment models; a 15-minute stereo clip at
@@ -94,8 +95,8 @@ class InputPolicy:
     max_lyric_lines: int = 5_000
 
     @classmethod
-    def default(cls, extra_roots: tuple[str | Path, ...] = (), cwd: bool = True, **overrides) -> "InputPolicy":
-        """``$HITMUSIC_HOME``, the current directory (unless ``cwd=False``) and ``extra_roots``, plus what
+    def default(cls, extra_roots: tuple[str | Path, ...] = (), cwd: bool = False, **overrides) -> "InputPolicy":
+        """``$HITMUSIC_HOME``, ``extra_roots`` (and the current directory with ``cwd=True``), plus what
         the environment allows: the policy of a library call that names no manifest."""
         roots = (str(default_home()), *([str(Path.cwd())] if cwd else []), *map(str, extra_roots),
                  *_env_list("HITMUSIC_ALLOWED_ROOTS", os.pathsep))
@@ -116,7 +117,7 @@ class InputPolicy:
         else:
             path = Path(text).resolve()
             own_root = (str(path if path.is_dir() else path.parent),)
-        base = cls.default(extra_roots=(*own_root, *roots), cwd=False)
+        base = cls.default(extra_roots=(*own_root, *roots))
         return replace(base, s3_buckets=tuple(dict.fromkeys((*base.s3_buckets, *own_bucket, *buckets))),
                        http_hosts=tuple(dict.fromkeys((*base.http_hosts, *hosts))), **overrides)
 

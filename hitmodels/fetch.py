@@ -17,6 +17,7 @@ import os
 import socket
 import ssl
 import stat
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -37,14 +38,19 @@ class FetchError(Exception):
 
 def redact(uri: str) -> str:
     """``uri`` fit for an error message or a log: no userinfo, query string or fragment (``?…`` marks a
-    dropped query). Local paths are returned as they are."""
-    parsed = urllib.parse.urlsplit(str(uri))
-    if not parsed.scheme or parsed.scheme == "file" or len(parsed.scheme) == 1:
-        return str(uri)
-    host = parsed.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parsed.port:
-        netloc += f":{parsed.port}"
+    dropped query). Local paths are returned as they are. Never raises, whatever the text."""
+    text = str(uri)
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        if not parsed.scheme or parsed.scheme == "file" or len(parsed.scheme) == 1:
+            return text
+        host = parsed.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        port = parsed.port
+    except ValueError:  # an unparsable host or port: keep only the scheme
+        return text.split(":", 1)[0] + "://…"
+    if port:
+        netloc += f":{port}"
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "…" if parsed.query else "", ""))
 
 
@@ -69,15 +75,20 @@ def check_local(uri: str, policy: InputPolicy) -> Path:
 
 
 def _read_local(path: Path, uri: str, cap: int) -> bytes:
+    # opened without following a last-component symlink and without blocking on a FIFO, then checked on the
+    # open file: a file swapped for a link or a pipe after check_local cannot be read through
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise FetchError("missing", f"file not found: {uri}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FetchError("uri_not_allowed", f"{uri} is not a regular file")
-    if st.st_size > cap:
-        raise FetchError("too_large", f"{uri} has {st.st_size} bytes, more than the {cap} allowed")
-    with path.open("rb") as fh:
+    except OSError as exc:
+        raise FetchError("uri_not_allowed", f"{uri} cannot be opened as a regular file ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FetchError("uri_not_allowed", f"{uri} is not a regular file")
+        if st.st_size > cap:
+            raise FetchError("too_large", f"{uri} has {st.st_size} bytes, more than the {cap} allowed")
         data = fh.read(cap + 1)
     if len(data) > cap:  # grew while we read it
         raise FetchError("too_large", f"{uri} has more than the {cap} bytes allowed")
@@ -100,14 +111,25 @@ def _host_allowed(host: str, port: int, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def public_address(ip: str) -> bool:
-    """Whether an address is on the public internet (not loopback, link-local, private, reserved, multicast
-    or unspecified, IPv4-mapped IPv6 judged as its IPv4)."""
+    """Whether an address is on the public internet (``is_global``: not loopback, link-local, private,
+    shared/CGNAT 100.64/10, reserved, multicast or unspecified). IPv6 forms that carry an IPv4 address
+    (IPv4-mapped, 6to4, Teredo, NAT64 64:ff9b::/96) are judged by that address too."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved
-                or addr.is_multicast or addr.is_unspecified)
+    inner: list[ipaddress.IPv4Address] = []
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            inner.append(addr.ipv4_mapped)
+        if addr.sixtofour is not None:
+            inner.append(addr.sixtofour)
+        if addr.teredo is not None:
+            inner.extend(addr.teredo)
+        if addr in _NAT64:
+            inner.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return (addr.is_global and not addr.is_multicast) and all(a.is_global and not a.is_multicast for a in inner)
 
 
 def check_http(uri: str, policy: InputPolicy) -> tuple[urllib.parse.SplitResult, str]:
@@ -152,9 +174,13 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def _read_capped(read, uri: str, cap: int) -> bytes:
+def _read_capped(read, uri: str, cap: int, deadline: float | None = None) -> bytes:
+    """Chunks of ``read(n)`` until EOF; ``too_large`` past ``cap`` bytes, ``fetch_failed`` past ``deadline``
+    (``time.monotonic()``), which bounds a server that trickles a byte per timeout."""
     chunks, total = [], 0
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            raise FetchError("fetch_failed", f"{redact(uri)}: not read within the time allowed")
         chunk = read(min(_CHUNK, cap + 1 - total))
         if not chunk:
             return b"".join(chunks)
@@ -166,6 +192,7 @@ def _read_capped(read, uri: str, cap: int) -> bytes:
 
 def _read_http(uri: str, policy: InputPolicy) -> bytes:
     cap = policy.max_audio_bytes
+    deadline = time.monotonic() + policy.fetch_total_s
     for _ in range(policy.max_redirects + 1):
         parsed, ip = check_http(uri, policy)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -188,7 +215,7 @@ def _read_http(uri: str, policy: InputPolicy) -> bytes:
             length = resp.getheader("Content-Length")
             if length and length.isdigit() and int(length) > cap:
                 raise FetchError("too_large", f"{redact(uri)} has {length} bytes, more than the {cap} allowed")
-            return _read_capped(resp.read, uri, cap)
+            return _read_capped(resp.read1, uri, cap, deadline)  # read1: whatever has arrived, then check
         finally:
             conn.close()
     raise FetchError("fetch_failed", f"{redact(uri)}: more than {policy.max_redirects} redirects")
@@ -198,11 +225,14 @@ def _read_s3(uri: str, policy: InputPolicy) -> bytes:
     import boto3
 
     parsed = urllib.parse.urlsplit(uri)
-    if parsed.netloc not in policy.s3_buckets:
-        raise FetchError("uri_not_allowed", f"{redact(uri)}: bucket {parsed.netloc!r} is not allowed (widen with "
+    bucket, key = parsed.hostname or "", parsed.path.lstrip("/")
+    if parsed.netloc != bucket or bucket not in policy.s3_buckets:  # userinfo, a port or a case trick
+        raise FetchError("uri_not_allowed", f"{redact(uri)}: bucket {bucket!r} is not allowed (widen with "
                                             "--allow-bucket or HITMUSIC_ALLOWED_S3_BUCKETS)")
+    if any(part in (".", "..") for part in key.split("/")):  # some S3-compatible servers normalise them
+        raise FetchError("uri_not_allowed", f"{redact(uri)}: '.' and '..' are not allowed in S3 keys")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    obj = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+    obj = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)
     body = obj["Body"]
     try:
         if obj.get("ContentLength", 0) > policy.max_audio_bytes:
@@ -218,8 +248,11 @@ def fetch(uri: str, policy: InputPolicy) -> bytes:
     (never another exception) with a reason and a redacted URI."""
     if not uri:
         raise FetchError("missing", "no audio URI given")
-    scheme = urllib.parse.urlsplit(uri).scheme
     try:
+        try:
+            scheme = urllib.parse.urlsplit(uri).scheme
+        except ValueError:
+            raise FetchError("uri_not_allowed", f"{redact(uri)} is not a valid URI") from None
         if scheme == "s3":
             data = _read_s3(uri, policy)
         elif scheme in ("http", "https"):
@@ -233,7 +266,8 @@ def fetch(uri: str, policy: InputPolicy) -> bytes:
         raise
     except Exception as exc:  # network and S3 errors come in many classes; all mean "could not fetch"
         # the exception's own text can carry the full URL (signatures included): only its class and code
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code") if hasattr(exc, "response") else None
+        response = getattr(exc, "response", None)
+        code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
         raise FetchError("fetch_failed", f"{redact(uri)}: {type(exc).__name__}"
                                          + (f" ({code})" if code else "")) from None
     if not data:

@@ -125,14 +125,16 @@ class LyricsError(ValueError):
 
 def check_bounds(text: str | None, max_chars: int = InputPolicy.max_lyric_chars,
                  max_lines: int = InputPolicy.max_lyric_lines) -> None:
-    """Raise :class:`LyricsError` for lyrics of more than ``max_chars`` characters or ``max_lines`` lines."""
+    """Raise :class:`LyricsError` for lyrics of more than ``max_chars`` characters or ``max_lines`` lines
+    (counting sentences, :func:`sentences`' pieces, as lines)."""
     if not text:
         return
     if len(text) > max_chars:
         raise LyricsError(f"{len(text)} characters, at most {max_chars} allowed")
-    lines = text.count("\n") + 1
-    if lines > max_lines:
-        raise LyricsError(f"{lines} lines, at most {max_lines} allowed")
+    # sentences are lines further split at . ! ?: the similarity's cost grows with those, not with lines
+    pieces = len(_SENTENCE_SPLIT.split(text))
+    if pieces > max_lines:
+        raise LyricsError(f"{pieces} lines or sentences, at most {max_lines} allowed")
 
 
 def lyric_features(text: str | None, lang: str | None = None, policy: InputPolicy | None = None) -> dict[str, float]:

@@ -62,19 +62,24 @@ def load_model(ref: ModelRef, tracking_uri: str | None = None):
     from .predict import HitMusicPyfunc, load_bundle
 
     uri = resolve_tracking_uri(tracking_uri)
-    # models:/ URIs resolve through the registry URI, which is not the tracking URI passed below unless set: a
-    # Ray worker without MLFLOW_TRACKING_URI would look in a local ./mlruns
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # The version's artifact location, asked of the configured server with an explicit client: models:/ URIs
+    # resolve through process-wide MLflow settings, which a Ray worker without MLFLOW_TRACKING_URI lacks, and
+    # which this function must not change (other code in the process may talk to another server).
+    c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = c.get_model_version_download_uri(ref.name, ref.version)
+    if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
+        source = c.get_logged_model(source.removeprefix("models:/")).artifact_location
     with tempfile.TemporaryDirectory(prefix="hitmusic-model-") as tmp:
         local = {}
         for key, rel in BUNDLE_FILES.items():
             try:
-                local[key] = mlflow.artifacts.download_artifacts(artifact_uri=f"{ref.uri}/{rel}", dst_path=tmp,
-                                                                 tracking_uri=uri)
-            except Exception as exc:
-                raise LookupError(f"{ref.uri} has no {rel} ({type(exc).__name__}): it was not registered by "
-                                  "hitmusic (weights + JSON bundle)") from None
+                local[key] = mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{rel}",
+                                                                 dst_path=tmp, tracking_uri=uri)
+            except MlflowException as exc:
+                if exc.error_code not in NOT_FOUND:  # an outage is not a missing file
+                    raise
+                raise LookupError(f"{ref.uri} has no {rel}: it was not registered by hitmusic (weights + JSON "
+                                  "bundle)") from None
         missing = [k for k, v in local.items() if not Path(v).is_file()]
         if missing:
             raise LookupError(f"{ref.uri} lacks bundle file(s) {missing}")

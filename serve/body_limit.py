@@ -11,8 +11,11 @@ from __future__ import annotations
 import orjson
 from fastapi import HTTPException, Response
 
-# route (without the Serve route prefix) -> bound in bytes; routes not listed are not bounded here
-_LIMITS: dict[str, int] = {}
+from hitmodels.config import ServeSettings
+
+# route (without the Serve route prefix) -> bound in bytes; the settings' defaults until a replica sets its own
+_LIMITS: dict[str, int] = {"/predict": int(ServeSettings.max_body_mb * 2**20),
+                           "/predict/audio": int(ServeSettings.max_upload_mb * 2**20)}
 
 
 def set_body_limits(limits: dict[str, int]) -> None:

@@ -7,8 +7,13 @@
 # variable names, see hitmodels/services.py) edits CONFIG in place, then becomes the real HAProxy.
 #   HITMUSIC_HAPROXY_REAL  the real binary (set by hitmodels.services.serve_runtime_env)
 #   HITMUSIC_HAPROXY_BIND  address for stats/metrics (default 127.0.0.1; a cluster's Prometheus may need more)
+# Fails closed: a config it cannot make private (a bind address that is not an IP, a template that changed
+# shape) stops HAProxy from starting rather than listening on every interface.
 real="${HITMUSIC_HAPROXY_REAL:-/usr/sbin/haproxy}"
 bind="${HITMUSIC_HAPROXY_BIND:-127.0.0.1}"
+case "$bind" in
+    *[!0-9.]*) case "$bind" in \[*\]) ;; *) echo "haproxy_loopback: HITMUSIC_HAPROXY_BIND=$bind is not an IPv4 address or [IPv6]" >&2; exit 1 ;; esac ;;
+esac
 cfg=""
 prev=""
 for a in "$@"; do
@@ -19,6 +24,14 @@ if [ -n "$cfg" ] && [ -f "$cfg" ]; then
     sed -i -E \
         -e "s/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)[[:space:]]*$/\1${bind}:\2/" \
         -e 's/^([[:space:]]*stats socket[[:space:]]+[^[:space:]]+[[:space:]]+mode[[:space:]]+)666/\1600/' \
-        "$cfg"
+        "$cfg" || exit 1
+    if [ "$bind" = "127.0.0.1" ] && grep -Eq '^[[:space:]]*bind[[:space:]]+\*?:[0-9]+' "$cfg"; then
+        echo "haproxy_loopback: $cfg still binds a port without an address (every interface); not starting" >&2
+        exit 1
+    fi
+    if grep -Eq 'stats socket.* mode 6[0-7][2367]' "$cfg"; then
+        echo "haproxy_loopback: $cfg still has a world-writable admin socket; not starting" >&2
+        exit 1
+    fi
 fi
 exec "$real" "$@"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import io
 import os
 import pickle
 import stat
@@ -76,6 +77,26 @@ def test_reads_stop_at_the_byte_bound_and_decoding_at_the_duration_bound(tmp_pat
         audio.load(str(path), policy=InputPolicy(local_roots=(str(tmp_path),), max_duration_s=2.0))
     y, sr = audio.load(str(path), policy=InputPolicy(local_roots=(str(tmp_path),), max_duration_s=3.5))
     assert len(y) == 3 * sr
+
+
+def test_decoding_holds_mono_samples_only_and_refuses_absurd_sample_rates():
+    """Channels are mixed down block by block: a file declaring many channels costs its mono length."""
+    import tracemalloc
+
+    x = (0.1 * np.random.default_rng(0).standard_normal((48_000 * 20, 8))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x, 48_000, format="WAV", subtype="FLOAT")
+    data = buf.getvalue()  # 29 MB of 8 channels; mono is 3.7 MB
+    tracemalloc.start()
+    y, sr = audio.decode(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(y, audio.to_mono(x))
+    assert peak < len(data) / 2, f"{peak / 2**20:.1f} MiB for {len(data) / 2**20:.1f} MiB of input"
+    buf = io.BytesIO()
+    sf.write(buf, x[:1000, :1], 384_000, format="WAV", subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match="sample rate"):
+        audio.decode(buf.getvalue())
 
 
 def test_a_jobs_default_policy_is_the_manifests_directory_and_home(tmp_path, monkeypatch):
@@ -190,6 +211,52 @@ def test_http_redirects_stay_on_the_host_and_reads_stop_at_the_bound(web):
     assert "SECRETSIG" not in str(exc.value) and "AKIAXX" not in str(exc.value)
 
 
+@pytest.mark.parametrize("ip, public", [
+    ("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True),
+    ("127.0.0.1", False), ("10.1.2.3", False), ("192.168.0.1", False), ("169.254.169.254", False),
+    ("100.100.100.200", False),  # shared address space (CGNAT): a cloud's metadata service lives there
+    ("0.0.0.0", False), ("::1", False), ("fe80::1", False), ("fd00::1", False),
+    ("::ffff:169.254.169.254", False), ("64:ff9b::a9fe:a9fe", False), ("2002:a9fe:a9fe::", False),
+])
+def test_only_global_addresses_count_as_public(ip, public):
+    assert fetch.public_address(ip) is public
+
+
+def test_http_connects_to_the_address_it_checked(web, monkeypatch):
+    """The name is resolved once, checked, and that address is connected to: a resolver that answers
+    public first and loopback afterwards (DNS rebinding) cannot move the connection."""
+    import socket
+
+    base, server = web
+    port = int(base.rsplit(":", 1)[1])
+    answers = iter(["127.0.0.1"] + ["93.184.216.34"] * 5)
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        if host == "audio.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    policy = InputPolicy(http_hosts=("audio.example",))
+    assert _reason(fetch.fetch, f"http://audio.example:{port}/ok.wav", policy) == "uri_not_allowed"  # loopback
+    assert server.paths == []
+    answers = iter(["127.0.0.1"])
+    assert len(fetch.fetch(f"http://audio.example:{port}/ok.wav", replace(policy, allow_private_http=True))) > 1000
+    assert server.paths == ["/ok.wav"]
+
+
+def test_odd_uris_are_row_errors_never_crashes():
+    policy = InputPolicy(s3_buckets=("allowed",))
+    for uri in ("http://[x/a.wav", "http://host:99999/a.wav", "s3://KEY:SECRET@allowed/a.wav",
+                "s3://allowed/../other/a.wav", "s3://allowed:9000/a.wav"):
+        with pytest.raises(fetch.FetchError) as exc:
+            fetch.fetch(uri, policy)
+        assert exc.value.reason in ("uri_not_allowed", "fetch_failed"), (uri, exc.value)
+        assert "SECRET" not in str(exc.value) and "KEY" not in str(exc.value)
+    assert fetch.redact("http://host:99999/a?b") == "http://…"
+
+
 def test_redaction_drops_userinfo_and_query_strings():
     assert fetch.redact("https://user:pw@cdn.example.com:8443/a.mp3?sig=abc#f") == "https://cdn.example.com:8443/a.mp3?…"
     assert fetch.redact("s3://bucket/key.mp3?versionId=1") == "s3://bucket/key.mp3?…"
@@ -209,6 +276,8 @@ def test_lyrics_past_the_bounds_are_refused_and_similarity_memory_stays_bounded(
         lyrics.lyric_features("a\n" * 20_000)
     with pytest.raises(lyrics.LyricsError, match="characters"):
         lyrics.lyric_features("la " * 40_000)
+    with pytest.raises(lyrics.LyricsError, match="sentences"):  # one line, 33,000 sentences
+        lyrics.lyric_features("a. " * 33_000)
     rng = np.random.default_rng(0)
     vocab = ["love", "you", "baby", "night", "dance", "fire", "heart", "oh"]
     sents = [" ".join(rng.choice(vocab, rng.integers(1, 5))) for _ in range(700)]
@@ -239,12 +308,16 @@ def test_extract_job_refuses_hostile_rows_and_keeps_the_good_ones(ray_local, tin
     manifest = tmp_path / "manifest.parquet"
     pd.DataFrame(rows, columns=["track_id", "audio_uri", "lyrics"]).to_parquet(manifest)
 
-    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=4)
+    # the metadata service and MLflow's port allowed by name: refused as private addresses, before connecting
+    policy = InputPolicy.for_manifest(manifest, hosts=("169.254.169.254", "127.0.0.1:5000"))
+    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=4, policy=policy)
 
     assert counts == {"ok": 2, "uri_not_allowed": 7, "lyrics_too_long": 1}, counts
     out = extract.read_features(tmp_path / "out").set_index("track_id")
     assert len(out) == len(rows)  # rows in = rows out
     assert out.loc[list(good["track_id"]), "error"].isna().all()
+    assert "loopback, link-local or private" in out.loc["t-metadata", "error"]
+    assert "loopback, link-local or private" in out.loc["t-mlflow", "error"]
 
 
 # ---- secrets --------------------------------------------------------------------------------------------
@@ -390,6 +463,15 @@ def test_haproxy_wrapper_moves_side_listeners_to_loopback(tmp_path):
     assert "bind 127.0.0.1:9101" in text and "bind 127.0.0.1:8404" in text and "bind 127.0.0.1:8000" in text
     assert "mode 600 level admin" in text and "mode 666" not in text
     assert (tmp_path / "argv").read_text().split() == ["-db", "-f", str(cfg), "-sf", "123"]
+    # fails closed: a template whose stats line it cannot rewrite, or a bind that is not an address
+    (tmp_path / "argv").unlink()
+    cfg.write_text("listen stats\n  bind *:8404 ssl crt /x.pem\n")
+    changed = subprocess.run([str(HAPROXY_WRAPPER), "-db", "-f", str(cfg)], capture_output=True, text=True,
+                             env=dict(os.environ, HITMUSIC_HAPROXY_REAL=str(fake)), timeout=30)
+    assert changed.returncode == 1 and "every interface" in changed.stderr and not (tmp_path / "argv").exists()
+    odd = subprocess.run([str(HAPROXY_WRAPPER), "-db", "-f", str(cfg)], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, HITMUSIC_HAPROXY_REAL=str(fake), HITMUSIC_HAPROXY_BIND="1.2.3.4/x;rm"))
+    assert odd.returncode == 1 and not (tmp_path / "argv").exists()
 
 
 def test_hitmusic_up_runs_ray_with_token_auth_on_a_fresh_machine(tmp_path, monkeypatch):
