@@ -264,13 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .services import use_ray_auth
+    from .services import ServiceError, use_ray_auth
 
     # before anything imports Ray: every Ray client and local instance of ours runs with token auth
     use_ray_auth(Path(args.home).resolve())
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, LookupError) as exc:
+    except (FileNotFoundError, ValueError, LookupError, ServiceError) as exc:
         print(f"hitmusic {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

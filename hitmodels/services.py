@@ -20,6 +20,10 @@ from typing import Callable
 from .config import ServiceConfig
 
 
+class ServiceError(RuntimeError):
+    """A service that could not be started or reached, with what to do about it."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -259,8 +263,11 @@ def stop_ray() -> None:
 def ray_running(cfg: ServiceConfig) -> bool:
     """Whether a Ray head answers at ``cfg.host:cfg.ray_port`` to our token."""
     env = dict(os.environ, **ray_auth_env(cfg.home))
-    return subprocess.run([_bin("ray"), "status", "--address", f"{cfg.host}:{cfg.ray_port}"], capture_output=True,
-                          env=env, timeout=120).returncode == 0
+    try:
+        return subprocess.run([_bin("ray"), "status", "--address", f"{cfg.host}:{cfg.ray_port}"],
+                              capture_output=True, env=env, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
@@ -281,7 +288,12 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
     if ray_running(cfg):
         running.append("ray")
     else:
-        start_ray_head(cfg, extra_args=ray_args)
+        try:
+            start_ray_head(cfg, extra_args=ray_args)
+        except subprocess.CalledProcessError:
+            raise ServiceError(f"`ray start --head` failed on {cfg.host}:{cfg.ray_port} (its output is above). If "
+                               "a Ray head already runs there, it does not accept this project's token "
+                               f"({token}): stop it (`ray stop`) or point RAY_AUTH_TOKEN_PATH at its token") from None
     return {"mlflow": f"http://{cfg.host}:{cfg.mlflow_port}",
             "ray": f"{cfg.host}:{cfg.ray_port}",
             "ray_dashboard": f"http://{cfg.host}:{cfg.ray_dashboard_port}",
