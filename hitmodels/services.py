@@ -354,4 +354,12 @@ def init_ray(**kwargs) -> None:
         # a local instance started here gets the same Serve settings as `hitmusic up` gives its cluster
         for k, v in serve_runtime_env(ServiceConfig().serve_ingress).items():
             os.environ.setdefault(k, v)
-        ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+        try:
+            ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+        except (ray.exceptions.AuthenticationError, ConnectionError) as exc:
+            # a token mismatch surfaces as a failed connection after Ray's retries
+            source = os.environ.get("RAY_AUTH_TOKEN_PATH") or "$RAY_AUTH_TOKEN"
+            raise ServiceError(f"{exc}: the cluster is down, or it refused this driver's token ({source}). "
+                               "Run from the directory whose .hitmusic holds the cluster's token, set "
+                               "HITMUSIC_HOME to it, or export RAY_AUTH_TOKEN_PATH=<the cluster's token file>") \
+                from exc
