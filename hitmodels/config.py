@@ -86,8 +86,8 @@ class InputPolicy:
     fetch_total_s: float = 120.0  # one whole HTTP download, redirects included
     # A 30 s preview is ~0.5 MB (MP3) to 5 MB (WAV); a 15-minute 320 kbit/s MP3 is 36 MB.
     max_audio_bytes: int = 64 * 2**20
-    # Full-length tracks (up to 15 minutes) are in scope for segment models; a 15-minute stereo clip at
-    # 44.1 kHz decodes to ~320 MB of float32, the most one worker holds for one file.
+    # Full-length tracks (up to 15 minutes) are in scope for segment models; decoding mixes to mono block by
+    # block, so 15 minutes at 44.1 kHz holds 159 MB of float32 (at most 691 MB at 192 kHz, audio.decode).
     max_duration_s: float = 900.0
     # Lyrics of real songs run to a few thousand characters and a hundred lines; the bound keeps a
     # pathological text (20,000 one-letter lines) from costing seconds and gigabytes.

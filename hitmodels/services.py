@@ -199,7 +199,7 @@ def ensure_ray_token(path: Path) -> Path:
         if path.stat().st_mode & 0o077:
             path.chmod(0o600)
         if not path.read_text().strip():
-            raise RuntimeError(f"the Ray token file {path} is empty: delete it and run hitmusic up again")
+            raise ServiceError(f"the Ray token file {path} is empty: delete it and run hitmusic up again")
         return path
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))

@@ -42,9 +42,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from hitmodels import audio, features, lyrics
-from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import read_manifest
+from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
 from hitmodels.cli import module_main
 

@@ -345,8 +345,7 @@ class HitMusicService:
 
     def __init__(self, settings: dict | None = None):
         self.settings = ServeSettings(**(settings or {}))
-        set_body_limits({"/predict": int(self.settings.max_body_mb * 2**20),
-                         "/predict/audio": int(self.settings.max_upload_mb * 2**20)})
+        set_body_limits(self.settings)
         self.holder = ModelHolder(self.settings)
         self._stop = threading.Event()
         threading.Thread(target=self._poll_loop, daemon=True, name="registry-poll").start()

@@ -13,15 +13,18 @@ from fastapi import HTTPException, Response
 
 from hitmodels.config import ServeSettings
 
-# route (without the Serve route prefix) -> bound in bytes; the settings' defaults until a replica sets its own
-_LIMITS: dict[str, int] = {"/predict": int(ServeSettings.max_body_mb * 2**20),
-                           "/predict/audio": int(ServeSettings.max_upload_mb * 2**20)}
+def _limits(settings: ServeSettings) -> dict[str, int]:
+    """Route (without the Serve route prefix) -> bound in bytes; routes not listed are not bounded here."""
+    return {"/predict": int(settings.max_body_mb * 2**20), "/predict/audio": int(settings.max_upload_mb * 2**20)}
 
 
-def set_body_limits(limits: dict[str, int]) -> None:
-    """Bounds of this process's routes, e.g. ``{"/predict": 16 * 2**20}``."""
+_LIMITS: dict[str, int] = _limits(ServeSettings())  # the defaults until a replica sets its own
+
+
+def set_body_limits(settings: ServeSettings) -> None:
+    """This process's bounds, from the replica's settings (``max_body_mb``, ``max_upload_mb``)."""
     _LIMITS.clear()
-    _LIMITS.update(limits)
+    _LIMITS.update(_limits(settings))
 
 
 def too_large(limit: int, path: str) -> HTTPException:
