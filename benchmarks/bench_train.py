@@ -5,7 +5,7 @@ on the same generated table, one run.
 
 Generates ``--rows`` rows with every feature column of the model table (the extractor's audio and lyric
 columns plus the metadata columns, about 400) whose popularity is a non-linear function of a few latent
-factors that the features mix, then runs :func:`hitmodels.train.cross_validate` once with the configuration
+factors that the features mix, then runs :func:`hitmodels.crossval.cross_validate` once with the configuration
 only and once with the ``hgb`` baseline only, each in its own process, and prints wall time (generation
 excluded) and peak resident memory (the process's max RSS) for each, the load average before and after, and
 the averaged test MAE of both. Target on 2 cores: <= 60 s for 1-A.
@@ -55,7 +55,7 @@ def load() -> str:
 
 def phase(args: argparse.Namespace) -> dict:
     """One measured run, in this process: the configuration or the baseline."""
-    from hitmodels.train import cross_validate
+    from hitmodels.crossval import cross_validate
 
     table = generated_table(args.rows)
     base = TrainConfig(threads=args.threads)

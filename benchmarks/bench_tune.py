@@ -40,7 +40,9 @@ def main() -> int:
     import ray
 
     from hitmodels.data import feature_columns, training_rows
-    from hitmodels.train import fit_model, split_rows
+    from hitmodels.families.hitmusicnet.fit import fit_model
+    from hitmodels.train import split_rows
+    from hitmodels.families.hitmusicnet import tune as hitmusicnet_tune
     from pipelines import tune
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tune-"))
@@ -83,7 +85,7 @@ def main() -> int:
         cfg = replace(base, ae_epochs=args.epochs, mlp_epochs=args.epochs)
         for workers in args.retrain_workers:
             t0 = time.perf_counter()
-            result = tune.retrain(str(path), cfg, tmp / "ray_results", workers, f"retrain-{workers}")
+            result = hitmusicnet_tune.retrain(str(path), cfg, tmp / "ray_results", workers, f"retrain-{workers}")
             shards = [r["shard_rows"] for r in result.metrics["ranks"]]
             print(f"retrain with {workers} Ray Train worker(s): {time.perf_counter() - t0:.1f} s, of which fitting "
                   f"{result.metrics['fit_seconds']:.1f} s (rows per worker {shards}, best val_loss "

@@ -34,14 +34,6 @@ from typing import Callable
 from .config import ServeSettings, ServiceConfig, SynthConfig
 
 
-def module_main(doc: str, prog: str, add_arguments: Callable, main_from_args: Callable,
-                argv: list[str] | None = None) -> int:
-    """Shared ``main`` of the runnable modules (``python -m pipelines.<job>``)."""
-    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return main_from_args(p.parse_args(argv))
-
-
 def _services(args) -> ServiceConfig:
     return ServiceConfig(home=Path(args.home).resolve(), mlflow_port=args.mlflow_port, serve_port=args.serve_port,
                          ray_port=args.ray_port, ray_dashboard_port=args.dashboard_port)

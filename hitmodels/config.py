@@ -184,6 +184,10 @@ class TrainConfig:
     name: str = "custom"
     model_name: str = "hitmusicnet"
     experiment: str = "hitmusicnet"
+    # The model family (a folder of hitmodels/families/) and its own settings, e.g. HistGradientBoosting's
+    # {"learning_rate": 0.05}; the fields above are HitMusicNet's and the split's, which every family shares.
+    family: str = "hitmusicnet"
+    params: dict = field(default_factory=dict)
 
 
 # The paper's Table 2: models 1-3 differ in the autoencoder's code size δ, variants A-D in MusicPopNet's

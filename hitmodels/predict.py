@@ -1,10 +1,10 @@
-"""The registered model: preprocessing + HitMusicNet weights behind MLflow's pyfunc interface.
+"""What every registered model on feature rows answers, whatever its family.
 
 A registered version takes raw feature rows (a DataFrame with the training columns, any order, extra
 columns ignored) and returns ``popularity`` (0-100), its conformal interval, ``class`` (low/medium/high) and
-the class probabilities (see :class:`HitMusicPyfunc`). Missing values (NaN) are imputed with the training
+the class probabilities (see :class:`RowModel`). Missing values (NaN) are imputed with the training
 medians, then min-max scaled with the training minima and maxima, exactly as in training; missing *columns*
-are an error naming them.
+are an error naming them. A family supplies only :meth:`RowModel.scores`, the part that differs.
 """
 
 from __future__ import annotations
@@ -12,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import torch
 
 from .config import CLASS_NAMES, CLASS_THRESHOLDS
-from .models import ARCH_VERSION, HitMusicNet
 
 # Arithmetic of the network at scoring time (see HitMusicPyfunc.predict_array).
 PRECISIONS = ("fp32", "bf16")
@@ -83,6 +80,11 @@ def popularity_class(popularity: np.ndarray, thresholds: tuple[float, float] = C
     return np.asarray(CLASS_NAMES, dtype=object)[np.digitize(popularity, thresholds)]
 
 
+def class_labels(popularity: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+    """Class indices 0/1/2 (low/medium/high) of popularity values."""
+    return np.digitize(np.asarray(popularity, float), thresholds)
+
+
 def class_thresholds(scheme: str, train_popularity: np.ndarray | None = None) -> tuple[float, float]:
     """Class boundaries: ``"fixed"`` is eq. (4), (25, 65); ``"quartiles"`` is (Q1, Q3) of the training
     popularity, which gives classes of 25 / 50 / 25 % of the training rows whatever the dataset's scale."""
@@ -125,78 +127,46 @@ class SplitConformal:
         return np.clip(p - self.halfwidth, 0.0, 100.0), np.clip(p + self.halfwidth, 0.0, 100.0)
 
 
-@dataclass
-class ModelMeta:
-    """Everything besides weights and preprocessing that a registered version needs to answer."""
+class RowModel(mlflow.pyfunc.PythonModel):
+    """A fitted model on feature rows: preprocessing, the family's scores, the conformal interval and classes.
 
-    d: int
-    delta: float
-    dropout: float
-    alphas: list[float]
-    classifier: bool
-    class_scheme: str
-    thresholds: list[float]
-    conformal: dict | None = None
-    config: str = "custom"
-    arch_version: int = ARCH_VERSION
-
-    def build(self) -> HitMusicNet:
-        return HitMusicNet(self.d, self.delta, self.dropout, tuple(self.alphas), self.classifier)
-
-
-def save_bundle(directory: Path, net: HitMusicNet, pre: Preprocessor, meta: ModelMeta) -> dict[str, str]:
-    """Write weights, architecture/calibration and preprocessing; returns the pyfunc ``artifacts`` mapping."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), directory / "weights.pt")
-    (directory / "arch.json").write_text(json.dumps(asdict(meta)))
-    (directory / "preprocess.json").write_text(pre.to_json())
-    return bundle_artifacts(directory)
-
-
-def load_bundle(artifacts: dict[str, str]) -> tuple[HitMusicNet, Preprocessor, ModelMeta]:
-    """Read what :func:`save_bundle` wrote (``artifacts`` as it returned, or an MLflow context's)."""
-    raw = json.loads(Path(artifacts["arch"]).read_text())
-    if raw.get("arch_version") != ARCH_VERSION:
-        raise ValueError(f"model saved with architecture version {raw.get('arch_version', 1)}, this code "
-                         f"reads version {ARCH_VERSION}: retrain it with this version")
-    meta = ModelMeta(**raw)
-    net = meta.build()
-    net.load_state_dict(torch.load(artifacts["weights"], map_location="cpu", weights_only=True))
-    net.eval()
-    return net, Preprocessor.from_json(Path(artifacts["preprocess"]).read_text()), meta
-
-
-def bundle_artifacts(directory: Path) -> dict[str, str]:
-    """The pyfunc ``artifacts`` mapping of a bundle directory written by :func:`save_bundle`."""
-    return {k: str(Path(directory) / f) for k, f in
-            [("weights", "weights.pt"), ("arch", "arch.json"), ("preprocess", "preprocess.json")]}
-
-
-class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper; the same object answers batch scoring and Serve, so both give identical numbers.
-
-    Output columns: ``popularity`` (0-100), ``popularity_lower`` and ``popularity_upper`` (the split
-    conformal interval), ``class`` (low/medium/high) and, when the 3-class MusicPopNet was trained,
-    ``p_low``, ``p_medium``, ``p_high``; ``class`` is then that network's most probable class, otherwise the
-    class of the predicted popularity.
+    Output columns (:attr:`outputs`, in this order): ``popularity`` (0-100), ``popularity_lower`` and
+    ``popularity_upper`` when calibrated, ``class`` (low/medium/high) and, when the family has a 3-class
+    head, ``p_low``, ``p_medium``, ``p_high``; ``class`` is then that head's most probable class, otherwise
+    the class of the predicted popularity. The same object answers batch scoring and Serve, so both give
+    identical numbers.
     """
 
-    def __init__(self, net: HitMusicNet | None = None, pre: Preprocessor | None = None,
-                 meta: ModelMeta | None = None):
-        self.net, self.pre, self.meta = net, pre, meta
+    family = ""  # the family's name, set by each subclass
+    precisions: tuple[str, ...] = ("fp32",)  # arithmetic :meth:`predict_array` supports
 
-    def load_context(self, context):
-        self.net, self.pre, self.meta = load_bundle(context.artifacts)
+    def __init__(self, pre: Preprocessor, thresholds=CLASS_THRESHOLDS, conformal: dict | None = None,
+                 config: str = "custom"):
+        self.pre, self.thresholds, self.conformal, self.config = pre, list(thresholds), conformal, config
 
     @property
     def columns(self) -> list[str]:
         return self.pre.columns
 
     @property
+    def has_classes(self) -> bool:
+        """Whether :meth:`scores` gives class probabilities."""
+        raise NotImplementedError
+
+    @property
     def outputs(self) -> list[str]:
         """The output columns, in the order :meth:`predict_array` gives them."""
-        return (["popularity"] + (["popularity_lower", "popularity_upper"] if self.meta.conformal else [])
-                + ["class"] + ([f"p_{c}" for c in CLASS_NAMES] if self.net.cls is not None else []))
+        return (["popularity"] + (["popularity_lower", "popularity_upper"] if self.conformal else [])
+                + ["class"] + ([f"p_{c}" for c in CLASS_NAMES] if self.has_classes else []))
+
+    def scores(self, x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The family's part: scaled features ``(n, n_columns)`` float32 -> popularity / 100 ``(n,)`` and
+        class probabilities ``(n, 3)`` (``None`` without a class head)."""
+        raise NotImplementedError
+
+    def scoring(self, precision: str):
+        """A context entered once around all of :meth:`predict_array`'s chunks (e.g. torch's inference mode)."""
+        return contextlib.nullcontext()
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return pd.DataFrame(self.predict_array(self.pre.transform(model_input), scaled=True))
@@ -207,35 +177,41 @@ class HitMusicPyfunc(mlflow.pyfunc.PythonModel):
         already scaled with ``scaled=True``), as arrays: the hot path of Serve and batch scoring, which
         skips building a DataFrame of hundreds of columns per request.
 
-        Rows go through in chunks of ``chunk_rows`` so each layer's activations stay in the CPU cache:
-        1.5x faster than one 64K-row pass here, and memory stays flat whatever the input size.
-        ``precision="bf16"`` runs the layers in bfloat16 (about 3x faster on CPUs with AVX512-BF16 or AMX;
-        popularity moves by ~0.3 points on average and up to ~2), ``"fp32"`` (default) is the precision it
-        was trained in.
+        Rows go through in chunks of ``chunk_rows`` so each chunk's intermediate values stay in the CPU
+        cache and memory stays flat whatever the input size. ``precision`` must be one of the family's
+        :attr:`precisions` (HitMusicNet also runs in ``"bf16"``).
         """
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+        if precision not in self.precisions:
+            raise ValueError(f"the {self.family} family scores in {', '.join(self.precisions)} only, not {precision}")
         n = len(X)
         pop = np.empty(n, dtype=np.float64)
-        proba = np.empty((n, len(CLASS_NAMES)), dtype=np.float64) if self.net.cls is not None else None
-        low = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        with torch.inference_mode(), low:
+        proba = np.empty((n, len(CLASS_NAMES)), dtype=np.float64) if self.has_classes else None
+        with self.scoring(precision):
             for a in range(0, n, chunk_rows):
                 x = X[a:a + chunk_rows]
                 # column-major input (as the batch job builds it) stays so: BLAS reads it transposed
-                x = torch.from_numpy(np.asarray(x if scaled else self.pre.transform_array(x), dtype=np.float32))
-                # one encoder pass feeds both heads: the encoder is most of the model's arithmetic
-                code = self.net.code(x)
-                pop[a:a + chunk_rows] = self.net.pop(code)[:, 0].float().numpy()
+                x = np.asarray(x if scaled else self.pre.transform_array(x), dtype=np.float32)
+                p, q = self.scores(x, precision)
+                pop[a:a + chunk_rows] = p
                 if proba is not None:
-                    proba[a:a + chunk_rows] = torch.softmax(self.net.cls(code).float(), 1).numpy()
+                    proba[a:a + chunk_rows] = q
         pop *= 100.0
+        # a linear or tree model can leave the range popularity lives in; a sigmoid output never does
+        np.clip(pop, 0.0, 100.0, out=pop)
         out = {"popularity": pop}
-        if self.meta.conformal is not None:
-            out["popularity_lower"], out["popularity_upper"] = SplitConformal(**self.meta.conformal).interval(pop)
+        if self.conformal is not None:
+            out["popularity_lower"], out["popularity_upper"] = SplitConformal(**self.conformal).interval(pop)
         if proba is not None:
             out["class"] = np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(1)]
             out.update({f"p_{name}": proba[:, i] for i, name in enumerate(CLASS_NAMES)})
         else:
-            out["class"] = popularity_class(pop, tuple(self.meta.thresholds))
+            out["class"] = popularity_class(pop, tuple(self.thresholds))
         return out
+
+    def calibrate(self, rows: pd.DataFrame, coverage: float) -> None:
+        """Fit the split conformal interval on ``rows`` (rows the model was not fitted on)."""
+        if len(rows):
+            pred = self.predict(None, rows)["popularity"].to_numpy()
+            self.conformal = asdict(SplitConformal.fit(rows["popularity"].to_numpy(float), pred, coverage))

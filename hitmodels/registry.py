@@ -45,21 +45,18 @@ def resolve(name: str, version_or_alias: str = CHAMPION, tracking_uri: str | Non
     return ModelRef(name, str(mv.version))
 
 
-# What a registered version's bundle consists of (paths inside the logged model): weights and JSON, all data.
-BUNDLE_FILES = {"weights": "artifacts/weights.pt", "arch": "artifacts/arch.json",
-                "preprocess": "artifacts/preprocess.json"}
-
-
 def load_model(ref: ModelRef, tracking_uri: str | None = None):
-    """A registered version as a ready model, read as data: the bundle's weights (``torch.load`` with
-    ``weights_only=True``) and JSON are downloaded from the configured tracking server and built with the
-    package's own classes. Nothing the version carries is unpickled or executed (not its code file, not a
-    ``python_model.pkl`` someone may have uploaded), so a registry user cannot run code in Serve replicas or
-    scoring workers by registering a version."""
+    """A registered version as a ready model, read as data, whatever its family: the bundle's manifest
+    (``artifacts/bundle.json``; none in versions from before families, which are HitMusicNet's) names the
+    family and its files, only those files are downloaded from the configured tracking server, and the
+    family's loader builds the model from them (weights with ``torch.load(weights_only=True)``, JSON, arrays
+    with ``numpy.load(allow_pickle=False)``). Nothing the version carries is unpickled or executed (not its
+    code file, not a ``python_model.pkl`` someone may have uploaded), so a registry user cannot run code in
+    Serve replicas or scoring workers by registering a version."""
     import tempfile
     from pathlib import Path
 
-    from .predict import HitMusicPyfunc, load_bundle
+    from .bundle import MANIFEST, load_bundle, parse_manifest
 
     uri = resolve_tracking_uri(tracking_uri)
     # The version's artifact location, asked of the configured server with an explicit client: models:/ URIs
@@ -70,20 +67,30 @@ def load_model(ref: ModelRef, tracking_uri: str | None = None):
     if source.startswith("models:/m-"):  # MLflow 3: the version points at a logged model
         source = c.get_logged_model(source.removeprefix("models:/")).artifact_location
     with tempfile.TemporaryDirectory(prefix="hitmusic-model-") as tmp:
-        local = {}
-        for key, rel in BUNDLE_FILES.items():
+
+        def fetch(name: str) -> Path:
             try:
-                local[key] = mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{rel}",
-                                                                 dst_path=tmp, tracking_uri=uri)
+                path = Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{source.rstrip('/')}/artifacts/{name}", dst_path=tmp, tracking_uri=uri))
             except MlflowException as exc:
                 if exc.error_code not in NOT_FOUND:  # an outage is not a missing file
                     raise
-                raise LookupError(f"{ref.uri} has no {rel}: it was not registered by hitmusic (weights + JSON "
-                                  "bundle)") from None
-        missing = [k for k, v in local.items() if not Path(v).is_file()]
-        if missing:
-            raise LookupError(f"{ref.uri} lacks bundle file(s) {missing}")
-        return HitMusicPyfunc(*load_bundle(local))
+                raise LookupError(f"{ref.uri} has no artifacts/{name}: it was not registered by hitmusic "
+                                  "(weights + JSON bundle)") from None
+            if not path.is_file():
+                raise LookupError(f"{ref.uri}: artifacts/{name} is not a file")
+            return path
+
+        present = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(
+            artifact_uri=f"{source.rstrip('/')}/artifacts", tracking_uri=uri) if not f.is_dir}
+        manifest_path = fetch(MANIFEST) if MANIFEST in present else None
+        try:
+            manifest = parse_manifest(manifest_path.read_text() if manifest_path else None)
+        except ValueError as exc:
+            raise LookupError(f"{ref.uri} has an unusable bundle manifest: {exc}") from None
+        for name in manifest["files"]:
+            fetch(name)
+        return load_bundle(Path(tmp))
 
 
 def latest_version(name: str, tracking_uri: str | None = None) -> ModelRef:
@@ -103,33 +110,105 @@ def rollback(name: str, tracking_uri: str | None = None) -> ModelRef:
     return promote(name, str(prev), CHAMPION, tracking_uri)
 
 
-def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_uri: str | None = None,
-                    metric: str = "mae") -> tuple[float, float]:
-    """``metric`` (MAE of popularity / 100; lower is better) of two versions on the same held-out rows: the
-    candidate's own test split of ``table`` (re-derived from its logged split parameters), which the
-    candidate never trained on."""
-    from .config import TrainConfig
-    from .data import training_rows
-    from .evaluate import regression_metrics
-    from .train import split_rows
+@dataclass(frozen=True)
+class Registered:
+    """What promotion needs to know of a version: its family, metric, data and test rows."""
+
+    version: str
+    family: str
+    metric: str
+    fingerprint: str | None
+    schema_version: str | None
+    test_ids: list[str] | None
+
+
+def registered(name: str, version: str, tracking_uri: str | None = None) -> Registered:
+    """A version's family, selection metric, dataset fingerprint and stored test track ids (``None`` for
+    versions registered before they were stored)."""
+    from .train import SPLIT_ARTIFACT
 
     c = client(tracking_uri)
-    params = c.get_run(c.get_model_version(name, candidate).run_id).data.params
-    cfg = TrainConfig(test_size=float(params.get("test_size", TrainConfig.test_size)),
-                      seed=int(params.get("seed", TrainConfig.seed)),
-                      strat_bins=int(params.get("strat_bins", TrainConfig.strat_bins)))
-    test = split_rows(training_rows(table), cfg).test
+    mv = c.get_model_version(name, str(version))
+    tags = mv.tags or {}
+    test_ids = None
+    if mv.run_id:
+        try:
+            import json
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SPLIT_ARTIFACT,
+                                                           dst_path=tmp, tracking_uri=resolve_tracking_uri(tracking_uri))
+                test_ids = [str(t) for t in json.loads(Path(path).read_text())["test_track_ids"]]
+        except MlflowException as exc:
+            if exc.error_code not in NOT_FOUND:
+                raise
+    return Registered(str(version), tags.get("model_family", "hitmusicnet"), tags.get("selection_metric", "mae"),
+                      tags.get("dataset_fingerprint"), tags.get("feature_schema_version"), test_ids)
+
+
+def fair_test_rows(cand: Registered, inc: Registered, table, min_rows: int = 10):
+    """The rows of ``table`` that both versions held out (neither trained on), or ``ValueError`` saying why
+    the two cannot be compared fairly: different data, feature schemas or metrics, no stored test rows, or
+    a table that is not the data they were trained on."""
+    from .data import training_rows
+    from .train import dataset_fingerprint
+
+    for v in (cand, inc):
+        if v.test_ids is None or v.fingerprint is None:
+            raise ValueError(f"version {v.version} has no stored test rows or dataset fingerprint (registered "
+                             "before they were recorded): compare by hand and promote without --if-better")
+    if cand.schema_version != inc.schema_version:
+        raise ValueError(f"versions {cand.version} and {inc.version} use feature schemas "
+                         f"v{cand.schema_version} and v{inc.schema_version}: no fair comparison")
+    if cand.fingerprint != inc.fingerprint:
+        raise ValueError(f"version {cand.version} was trained on dataset {cand.fingerprint}, champion version "
+                         f"{inc.version} on {inc.fingerprint}: their test rows are not comparable. Train both on "
+                         "one table (e.g. hitmusic leaderboard), or promote without --if-better")
+    if cand.metric != inc.metric:
+        raise ValueError(f"version {cand.version} is selected on {cand.metric}, version {inc.version} on "
+                         f"{inc.metric}: no common metric")
+    rows = training_rows(table)
+    if dataset_fingerprint(rows) != cand.fingerprint:
+        raise ValueError(f"the table given is not the data versions {cand.version} and {inc.version} were "
+                         f"trained on (fingerprint {dataset_fingerprint(rows)}, theirs {cand.fingerprint})")
+    common = set(cand.test_ids) & set(inc.test_ids)
+    test = rows[rows["track_id"].astype(str).isin(common)]
+    if len(test) < min_rows:
+        raise ValueError(f"versions {cand.version} and {inc.version} share only {len(test)} held-out rows "
+                         f"(at least {min_rows} needed): they were split differently")
+    return test
+
+
+def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_uri: str | None = None
+                    ) -> tuple[float, float, str, int]:
+    """Both versions' selection metric on the same rows: those of ``table`` whose track ids both versions
+    stored as their test rows (rows neither trained on, wherever they sit in the table). Returns
+    ``(candidate's, incumbent's, metric, n_rows)``; ``ValueError`` when no fair comparison is possible."""
+    from .evaluate import regression_metrics
+
+    cand, inc = registered(name, candidate, tracking_uri), registered(name, incumbent, tracking_uri)
+    test = fair_test_rows(cand, inc, table)
     truth = test["popularity"].to_numpy(float)
     scores = []
     for v in (candidate, incumbent):
         pred = load_model(ModelRef(name, v), tracking_uri).predict(None, test)["popularity"].to_numpy(float)
-        scores.append(regression_metrics(truth, pred)[metric])
-    return scores[0], scores[1]
+        scores.append(regression_metrics(truth, pred)[cand.metric])
+    return scores[0], scores[1], cand.metric, len(test)
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    """Whether ``a`` is no worse than ``b`` on ``metric`` (errors: lower is better; correlations: higher)."""
+    return a >= b if metric in HIGHER_IS_BETTER else a <= b
+
+
+HIGHER_IS_BETTER = {"r2", "spearman"}
 
 
 def promote_if_better(name: str, version: str, table, tracking_uri: str | None = None) -> tuple[bool, str]:
-    """Promote ``version`` only if its test MAE is no worse than the champion's on the same rows.
-    Returns (promoted, reason)."""
+    """Promote ``version`` only if its selection metric is no worse than the champion's on the rows both held
+    out. Returns (promoted, reason); raises ``ValueError`` when the two cannot be compared fairly."""
     c = client(tracking_uri)
     try:
         champion = c.get_model_version_by_alias(name, CHAMPION).version
@@ -138,12 +217,14 @@ def promote_if_better(name: str, version: str, table, tracking_uri: str | None =
         return True, f"no champion yet: version {version} promoted"
     if str(champion) == str(version):
         return False, f"version {version} already is the champion"
-    cand, inc = compare_on_test(name, str(version), str(champion), table, tracking_uri)
-    if cand > inc:
-        return False, (f"refused: version {version} has test MAE {cand:.5f}, worse than champion version "
-                       f"{champion} ({inc:.5f}) on the same {name} test rows")
+    cand, inc, metric, n = compare_on_test(name, str(version), str(champion), table, tracking_uri)
+    where = f"on the {n} {name} test rows neither trained on"
+    if not better(cand, inc, metric):
+        return False, (f"refused: version {version} has test {metric.upper()} {cand:.5f}, worse than champion "
+                       f"version {champion} ({inc:.5f}) {where}")
     promote(name, version, CHAMPION, tracking_uri)
-    return True, f"promoted: version {version} test MAE {cand:.5f} <= champion version {champion} ({inc:.5f})"
+    return True, (f"promoted: version {version} test {metric.upper()} {cand:.5f} beats or ties champion version "
+                  f"{champion} ({inc:.5f}) {where}")
 
 
 def promote(name: str, version: str, alias: str = CHAMPION, tracking_uri: str | None = None) -> ModelRef:

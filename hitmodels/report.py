@@ -16,7 +16,7 @@ from sklearn.manifold import TSNE  # noqa: E402
 
 from .config import CLASS_NAMES  # noqa: E402
 from .evaluate import top_tag  # noqa: E402
-from .train import CVResult  # noqa: E402
+from .crossval import CVResult  # noqa: E402
 
 # Published figures (shared/reference/hitmusicnet-results.md). HitMusicNet on SPD: Table 3 (test MAE),
 # Table 5 (test MSE/MAE of 1-A and the linear baselines), Table 4 (3-class validation accuracy / F1).

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from hitmodels.data import build_model_table, load_spd, training_rows
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 from pipelines.extract import read_features
 
 

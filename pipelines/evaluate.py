@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from hitmodels.baselines import LABELS
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 from hitmodels.config import PAPER_CONFIGS, EvaluateConfig, TrainConfig, default_home
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from pipelines.train import add_fit_arguments, fit_settings
@@ -120,7 +120,7 @@ def log_to_mlflow(result, report: Path, args: argparse.Namespace) -> str | None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     from hitmodels.report import PUBLISHED, write_report
-    from hitmodels.train import cross_validate
+    from hitmodels.crossval import cross_validate
 
     configs = _names(args.configs, PAPER_CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")

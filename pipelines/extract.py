@@ -46,7 +46,7 @@ from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import read_manifest
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 
 
 def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | None = None):

@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.config import tracking_uri as resolve_tracking_uri

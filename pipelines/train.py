@@ -1,7 +1,15 @@
-"""Train HitMusicNet on a model table and register it in MLflow.
+"""Train a model family on a model table and register it in MLflow.
 
-    python -m pipelines.train TABLE [--config 1-A] [--epochs 100] [--class-scheme fixed]
+    python -m pipelines.train TABLE [--family hitmusicnet|lasso|hgb] [--config 1-A] [--epochs 100]
+    python -m pipelines.train TABLE --family hgb --param learning_rate=0.05 --param max_leaf_nodes=15
     ray job submit --working-dir . -- python -m pipelines.train TABLE
+
+``--family`` picks the model (a folder of ``hitmodels/families/``): ``hitmusicnet`` (default; the paper's
+autoencoder + MLP), ``lasso`` (MLR + Lasso, with a logistic 3-class head) or ``hgb`` (HistGradientBoosting
+regressor + classifier). Every family registers a version of the same registered model (``--model-name``),
+with the same outputs, so any of them can become the champion. ``--param KEY=VALUE`` sets a family's own
+settings (documented in its module, e.g. ``hgb``: learning_rate, max_iter, max_leaf_nodes,
+min_samples_leaf, l2_regularization); the options below about networks are HitMusicNet's.
 
 TABLE is the Parquet model table written by ``hitmusic build``. ``--config`` picks one of the paper's named
 configurations (Table 2): the model number sets the autoencoder's code size δ (1: 1/5, 2: 1/4, 3: 1/7), the
@@ -28,14 +36,18 @@ from pathlib import Path
 import pandas as pd
 
 from hitmodels.config import PAPER_CONFIGS, TrainConfig, paper_config
-from hitmodels.models import INITIALISERS
-from hitmodels.train import OPTIMISERS, train
-from hitmodels.cli import module_main
+from hitmodels import families
+from hitmodels.train import train
+from hitmodels.entry import module_main
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("table", type=Path, help="model table (Parquet) from hitmusic build")
+    p.add_argument("--family", default=d.family, help=f"model family: {', '.join(families.names())} "
+                                                       f"(default {d.family})")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a family setting (value parsed as JSON when it is JSON, e.g. 0.05 or true); repeatable")
     p.add_argument("--config", choices=PAPER_CONFIGS, default=None,
                    help="the paper's named configuration (default: δ 1/5, Adam, Glorot uniform = 1-B)")
     p.add_argument("--model-name", default=d.model_name, help=f"registered model name (default {d.model_name})")
@@ -43,12 +55,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--delta", type=float, default=None, help="autoencoder code size / input size (overrides --config)")
     p.add_argument("--dropout", type=float, default=d.dropout, help=f"MLP dropout (default {d.dropout})")
-    p.add_argument("--optimizer", choices=sorted(OPTIMISERS), default=None,
-                   help="MusicPopNet's optimiser (overrides --config)")
+    p.add_argument("--optimizer", default=None,
+                   help="MusicPopNet's optimiser: sgd, adam, nadam or adadelta (overrides --config)")
     p.add_argument("--lr", type=float, default=None, help="MusicPopNet's learning rate (default: Keras' default "
                                                           "of the optimiser)")
-    p.add_argument("--initialiser", choices=sorted(INITIALISERS), default=None,
-                   help="MusicPopNet's weight initialiser (overrides --config)")
+    p.add_argument("--initialiser", default=None,
+                   help="MusicPopNet's weight initialiser: glorot_uniform, glorot_normal, he_uniform or "
+                        "he_normal (overrides --config)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})")
     p.add_argument("--no-classifier", action="store_true",
                    help="skip the 3-class MusicPopNet (class then comes from the predicted popularity)")
@@ -79,9 +92,26 @@ def fit_settings(args: argparse.Namespace) -> dict:
             "coverage": args.coverage, "seed": args.seed}
 
 
+def parse_params(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as a dict; values that parse as JSON are taken as such, others as text."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        try:
+            params[key.strip()] = json.loads(value)
+        except ValueError:
+            params[key.strip()] = value
+    return params
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    family = getattr(args, "family", TrainConfig.family)
     cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, classifier=not args.no_classifier,
-                      model_name=args.model_name, experiment=args.experiment, **fit_settings(args))
+                      model_name=args.model_name, experiment=args.experiment, family=family,
+                      params=parse_params(getattr(args, "param", [])),
+                      name=family if family != "hitmusicnet" else TrainConfig.name, **fit_settings(args))
     if args.config:
         cfg = paper_config(args.config, cfg)
     overrides = {k: v for k, v in {"delta": args.delta, "optimizer": args.optimizer,
@@ -92,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main_from_args(args: argparse.Namespace) -> int:
     result = train(pd.read_parquet(args.table), config_from_args(args), args.tracking_uri)
     print(json.dumps({"run_id": result.run_id, "model_name": result.model_name, "version": result.version,
+                      "family": result.family,
                       **{k: round(v, 5) for k, v in result.metrics.items()}}, indent=2))
     return 0
 

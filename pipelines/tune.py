@@ -5,19 +5,20 @@
 
 How it works:
 
-- A model *family* is a plug-in (:data:`FAMILIES`): its search space, its trial function and how its best
-  configuration is retrained. ``hitmusicnet`` covers the paper's grid: code size δ, MusicPopNet's optimiser,
-  initialiser and dropout. ``--search grid`` enumerates the grid, ``--search random`` samples
-  ``--num-samples`` points of it.
-- Each trial reports its validation loss after every MusicPopNet epoch; ASHA stops weak trials early.
-  Selection uses validation only: the documented metric is ``val_loss``, the MSE of popularity / 100 on
-  the validation rows (the loss early stopping also watches). Test rows are never seen by a trial.
+- ``--family`` names a model family (:mod:`hitmodels.families`): it brings its search space, its trial and
+  how its best configuration is retrained. ``hitmusicnet`` covers the paper's grid: code size δ,
+  MusicPopNet's optimiser, initialiser and dropout; ``hgb`` learning rate, leaves, leaf size and L2
+  penalty. ``--search grid`` enumerates the grid, ``--search random`` samples ``--num-samples`` points of it.
+- HitMusicNet's trials report their validation loss after every MusicPopNet epoch and ASHA stops weak ones
+  early; a classical family's trial reports once. Selection uses validation only: the documented metric is
+  ``val_loss``, the MSE of popularity / 100 on the validation rows. Test rows are never seen by a trial.
 - Every trial is an MLflow run nested under one parent run per tuning job, with its parameters, per-epoch
   losses, a learning-curve plot and the dataset fingerprint (hash of the model table + feature schema
   version): enough to reproduce it from the run alone.
-- The best configuration is retrained on the whole training part with Ray Train (``TorchTrainer``):
-  ``--train-workers N`` > 1 trains data-parallel with DDP (each worker fits its own equal share of the rows,
-  gradients averaged over the workers; gloo on CPU, nccl when GPUs are used). It is then registered as a
+- The best configuration is retrained on the whole training part: HitMusicNet with Ray Train
+  (``TorchTrainer``; ``--train-workers N`` > 1 trains data-parallel with DDP, each worker fitting its own
+  equal share of the rows, gradients averaged over the workers; gloo on CPU, nccl when GPUs are used), a
+  classical family in one Ray task. It is then registered as a
   new version with signature, input example, held-out test metrics, conformal calibration and tags
   (fingerprint, git commit, configuration, workers).
 - Resources per trial are configurable (``--cpus-per-trial 1 --gpus-per-trial 0.25``); without a GPU in
@@ -29,93 +30,24 @@ How it works:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 from hitmodels.config import TrainConfig, default_home
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.services import init_ray
 
-# ---------------------------------------------------------------------------------------- families
 
+def run_trial(config: dict) -> None:
+    """Tune's trainable: the family named in the trial's context runs it."""
+    from hitmodels import families
 
-@dataclass(frozen=True)
-class Family:
-    """What Tune needs to know about a model family."""
-
-    name: str
-    space: Callable[[str], dict]  # search kind ("grid" or "random") -> Tune param space
-    trial: Callable[[dict], None]  # one trial; reports val_loss per epoch through ray.tune.report
-    config: Callable[[dict, TrainConfig], TrainConfig]  # trial config -> training config
-
-
-def hitmusicnet_space(search: str) -> dict:
-    from ray import tune
-
-    grid = {"delta": [1 / 4, 1 / 5, 1 / 7], "optimizer": ["sgd", "adam", "adadelta", "nadam"],
-            "initialiser": ["glorot_normal", "glorot_uniform", "he_normal", "he_uniform"],
-            "dropout": [0.25, 0.5, 0.75]}
-    pick = tune.grid_search if search == "grid" else tune.choice
-    return {k: pick(v) for k, v in grid.items()}
-
-
-def hitmusicnet_config(trial: dict, base: TrainConfig) -> TrainConfig:
-    return replace(base, delta=float(trial["delta"]), optimizer=trial["optimizer"],
-                   initialiser=trial["initialiser"], dropout=float(trial["dropout"]),
-                   name=f"d{trial['delta']:.3f}-{trial['optimizer']}-{trial['initialiser']}-p{trial['dropout']}")
-
-
-def hitmusicnet_trial(config: dict) -> None:
-    """One Tune trial: fit on the training rows, early-stop and report on the validation rows."""
-    import mlflow
-    from ray import tune
-
-    from hitmodels.data import feature_columns, training_rows
-    from hitmodels.train import dataset_fingerprint, fit_model, git_commit, score, split_rows
-
-    ctx = config["context"]
-    cfg = hitmusicnet_config(config, TrainConfig(**ctx["base"]))
-    table = training_rows(pd.read_parquet(ctx["table"]))
-    s = split_rows(table, cfg)
-    columns = feature_columns(table)
-    mlflow.set_tracking_uri(ctx["tracking_uri"])
-    trial_name = tune.get_context().get_trial_name()
-
-    history: dict[str, list[dict]] = {}
-
-    def report(stage: str, epoch: int, row: dict) -> None:
-        history.setdefault(stage, []).append(row)
-        if stage != "pop":
-            return
-        # ASHA may stop the trial inside tune.report, and nothing after it would run: the MLflow run gets
-        # its metric and learning curve now, every epoch.
-        best = min(r["val_loss"] for r in history["pop"])
-        mlflow.log_metric("val_loss", best, step=epoch)
-        mlflow.log_figure(learning_curve_figure(history, cfg.name), "learning_curve.png")
-        tune.report({"val_loss": best, "train_loss": row["train_loss"], "epoch": epoch})
-
-    with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=trial_name,
-                          parent_run_id=ctx["parent_run_id"]):
-        # every setting of the trial's TrainConfig, so that the run alone reproduces it
-        settings = {f"train.{k}": v for k, v in asdict(cfg).items()}
-        mlflow.log_params({**{k: v for k, v in config.items() if k != "context"}, "config": cfg.name,
-                           "family": "hitmusicnet", "max_epochs": cfg.mlp_epochs, "seed": cfg.seed, **settings})
-        mlflow.set_tags({"dataset_fingerprint": dataset_fingerprint(table), "model_family": "hitmusicnet",
-                         "tune_trial": trial_name, "git_commit": git_commit()})
-        fitted = fit_model(s.fit, s.val, s.fit.iloc[:0], columns, cfg, log=True, on_epoch=report)
-        # reached only when early stopping ended the trial before ASHA did
-        truth = s.val["popularity"].to_numpy(float)
-        val = score(truth, fitted.predict(s.val), tuple(fitted.meta.thresholds),
-                    float(s.fit["popularity"].median()))
-        mlflow.log_metrics({f"val_{k}": v for k, v in val.items()})
+    families.get(config["context"]["family"]).trial(config)
 
 
 def close_stopped_trial_runs(client, experiment_id: str, parent_run_id: str, results) -> list[str]:
@@ -140,127 +72,18 @@ def close_stopped_trial_runs(client, experiment_id: str, parent_run_id: str, res
     return closed
 
 
-def learning_curve_figure(history: dict[str, list[dict]], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(history), figsize=(4 * len(history), 3), squeeze=False)
-    for ax, (stage, rows) in zip(axes[0], history.items()):
-        ax.plot([r["train_loss"] for r in rows], label="train")
-        ax.plot([r["val_loss"] for r in rows], label="validation")
-        ax.set_title(f"{stage}: {title}", fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-FAMILIES: dict[str, Family] = {
-    "hitmusicnet": Family("hitmusicnet", hitmusicnet_space, hitmusicnet_trial, hitmusicnet_config),
-}
-
-# ---------------------------------------------------------------------------------------- retraining
-
-
-def retrain_rows(table: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """``(fit, stop, calib)`` of the retraining: the trials' fit and validation rows together, a slice of
-    them held back for early stopping, and the calibration rows. The test rows are not among them."""
-    from hitmodels.train import split_rows, stratified_split
-
-    s = split_rows(table, cfg)
-    fit, stop = stratified_split(pd.concat([s.fit, s.val], ignore_index=True), 0.1, cfg.seed, cfg.strat_bins)
-    return fit, stop, s.calib
-
-
-def ray_parallel():
-    """This Ray Train worker's :class:`~hitmodels.train.Parallel`: DDP through ``prepare_model`` over the
-    process group Ray Train set up (gloo on CPU, nccl on GPUs)."""
-    import ray.train
-    import ray.train.torch
-
-    from hitmodels.train import Parallel
-
-    ctx = ray.train.get_context()
-    return Parallel(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model,
-                    ray.train.torch.get_device())
-
-
-def weights_checksum(net) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(net.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def rows_digest(track_ids) -> str:
-    return hashlib.sha256("\n".join(sorted(map(str, track_ids))).encode()).hexdigest()
-
-
-def retrain_loop(config: dict) -> None:
-    """Ray Train worker: fit the chosen configuration on the whole training part (:func:`retrain_rows`),
-    data-parallel over the workers (each trains on its shard of the fit rows, DDP averages gradients), and
-    hand the bundle back as a checkpoint from rank 0. Test rows stay untouched until the driver registers
-    the model. The metrics carry, per rank, its shard's size and digest and a checksum of its final weights."""
-    import ray.train
-    import torch.distributed as dist
-
-    from hitmodels.data import feature_columns, training_rows
-    from hitmodels.predict import save_bundle
-    from hitmodels.train import fit_model
-
-    cfg = TrainConfig(**config["cfg"])
-    table = training_rows(pd.read_parquet(config["table"]))
-    fit, stop, calib = retrain_rows(table, cfg)
-    par = ray_parallel()
-    fitted = fit_model(fit, stop, calib, feature_columns(table), cfg, parallel=par)
-    mine = {"rank": par.rank, "shard_rows": len(fitted.shard),
-            "shard_digest": rows_digest(fit["track_id"].iloc[fitted.shard]),
-            "weights_checksum": weights_checksum(fitted.net)}
-    ranks = [mine] * par.world_size
-    if par.world_size > 1:
-        dist.all_gather_object(ranks, mine)
-    metrics = {"val_loss": min(r["val_loss"] for r in fitted.history["pop"]), "world_size": par.world_size,
-               "device": str(par.device), "fit_seconds": fitted.seconds, "ranks": ranks}
-    # Every worker must call report (it is a barrier in Ray Train V2); only rank 0's metrics are kept, and
-    # its checkpoint alone is the bundle (the others' files would be merged into the same directory).
-    if par.rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_bundle(Path(tmp), fitted.net, fitted.pre, fitted.meta)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def retrain(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str, use_gpu: bool = False):
-    """Run :func:`retrain_loop` on ``workers`` Ray Train workers (one GPU each with ``use_gpu``); returns
-    Ray Train's Result (checkpoint: the bundle; metrics: rank 0's report)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(retrain_loop, train_loop_config={"cfg": asdict(cfg), "table": table_path},
-                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                           run_config=RunConfig(name=name, storage_path=str(storage)))
-    return trainer.fit()
-
-
 def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, parent_run_id: str,
                          storage: Path, workers: int, extra_tags: dict[str, str], use_gpu: bool = False):
-    """Retrain with Ray Train and register the result; returns the TrainResult."""
+    """Retrain the chosen configuration on the cluster (the family decides how: Ray Train for HitMusicNet, a
+    Ray task for the classical families) and register the result; returns the TrainResult."""
+    from hitmodels import families
     from hitmodels.train import register_bundle
 
-    result = retrain(table_path, cfg, storage, workers, f"retrain-{parent_run_id[:8]}", use_gpu)
-    m = result.metrics
-    if len({r["weights_checksum"] for r in m["ranks"]}) > 1:  # DDP broke: no worker's model saw all the rows
-        raise RuntimeError(f"the {m['world_size']} retraining workers ended with different weights")
-    tags = {**extra_tags, "train_workers": str(m["world_size"]), "train_device": m["device"],
-            "train_shard_rows": ",".join(str(r["shard_rows"]) for r in m["ranks"])}
-    with result.checkpoint.as_directory() as bundle:
-        return register_bundle(Path(bundle), pd.read_parquet(table_path), cfg, tracking_uri,
-                               parent_run_id=parent_run_id, tags=tags)
+    bundle, tags = families.get(cfg.family).retrain(table_path, cfg, storage, workers,
+                                                    f"retrain-{parent_run_id[:8]}", use_gpu)
+    with bundle as directory:
+        return register_bundle(Path(directory), pd.read_parquet(table_path), cfg, tracking_uri,
+                               parent_run_id=parent_run_id, tags={**extra_tags, **tags})
 
 # ---------------------------------------------------------------------------------------- the job
 
@@ -278,9 +101,10 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     from hitmodels.data import training_rows
     from hitmodels.train import dataset_fingerprint
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    fam = FAMILIES[family]
+    from hitmodels import families
+
+    fam = families.get(family)
+    space = fam.space(search)  # before any work: a family with nothing to tune says so
     init_ray()
     table = str(Path(table).resolve())
     storage = Path(storage or default_home() / "ray_results").resolve()
@@ -308,9 +132,10 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     retrain_gpu = bool(gpus_per_trial) and gpus >= train_workers
     if gpus_per_trial and not retrain_gpu:
         print(f"tune: {gpus:g} GPU(s) for {train_workers} retraining workers; retraining on CPU", file=sys.stderr)
+    base = replace(base, family=family)
     context = {"table": table, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
-               "experiment_id": experiment.experiment_id, "base": asdict(base)}
-    trainable = tune.with_resources(fam.trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+               "experiment_id": experiment.experiment_id, "base": asdict(base), "family": family}
+    trainable = tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if tune.Tuner.can_restore(str(exp_dir)):
         print(f"tune: resuming {exp_dir}", file=sys.stderr)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
@@ -318,7 +143,7 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         scheduler = ASHAScheduler(max_t=epochs, grace_period=min(grace_period, epochs), reduction_factor=3)
         tuner = tune.Tuner(
             trainable,
-            param_space={**fam.space(search), "context": context},
+            param_space={**space, "context": context},
             tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler,
                                         num_samples=1 if search == "grid" else num_samples),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
@@ -339,7 +164,9 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("table", type=Path, help="model table (Parquet) from hitmusic build")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="hitmusicnet", help="model family to tune")
+    p.add_argument("--family", default="hitmusicnet",
+                   help="model family to tune: hitmusicnet (default) or hgb; any folder of hitmodels/families/ "
+                        "with a search space")
     p.add_argument("--search", choices=["grid", "random"], default="random",
                    help="grid: every point of the family's grid; random: --num-samples points (default)")
     p.add_argument("--num-samples", type=int, default=8, help="trials for random search (default 8)")

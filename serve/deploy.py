@@ -12,7 +12,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from hitmodels.cli import module_main
+from hitmodels.entry import module_main
 from hitmodels.config import ServeSettings
 from hitmodels.services import init_ray
 

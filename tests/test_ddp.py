@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hitmodels.config import TrainConfig
-from hitmodels.train import shard_rows
+from hitmodels.families.hitmusicnet.fit import shard_rows
 from tables import random_table
 
 
@@ -44,9 +44,9 @@ def test_one_worker_keeps_every_row_in_order_and_too_few_rows_are_refused():
 @pytest.mark.integration
 def test_retraining_on_two_workers_is_data_parallel(ray_local, mlflow_uri, tmp_path):
     from hitmodels.data import training_rows
-    from hitmodels.predict import bundle_artifacts, load_bundle
-    from hitmodels.train import register_bundle, split_rows
-    from pipelines import tune
+    from hitmodels.families.hitmusicnet import tune
+    from hitmodels.families.hitmusicnet.model import load_bundle
+    from hitmodels.train import register_bundle, retrain_rows, split_rows
 
     table = learnable_table()
     path = tmp_path / "table.parquet"
@@ -58,7 +58,7 @@ def test_retraining_on_two_workers_is_data_parallel(ray_local, mlflow_uri, tmp_p
     assert [r["rank"] for r in m["ranks"]] == [0, 1]
 
     # each rank trained on exactly its own shard of the fit rows, and the shards are disjoint halves
-    fit, _, _ = tune.retrain_rows(training_rows(table), cfg)
+    fit, _, _ = retrain_rows(training_rows(table), cfg)
     own = [fit["track_id"].iloc[shard_rows(len(fit), rank, 2, cfg.seed)] for rank in (0, 1)]
     assert set(own[0]).isdisjoint(own[1])
     for reported, ids in zip(m["ranks"], own):
@@ -67,7 +67,7 @@ def test_retraining_on_two_workers_is_data_parallel(ray_local, mlflow_uri, tmp_p
     # gradients were averaged: both ranks end with the same weights, and that is the checkpoint's model
     assert m["ranks"][0]["weights_checksum"] == m["ranks"][1]["weights_checksum"]
     with result.checkpoint.as_directory() as bundle:
-        net, pre, meta = load_bundle(bundle_artifacts(Path(bundle)))
+        net, pre, meta = load_bundle(Path(bundle))
         assert tune.weights_checksum(net) == m["ranks"][0]["weights_checksum"]
         reg = register_bundle(Path(bundle), table, cfg, mlflow_uri, tags={"train_workers": "2"})
 

@@ -11,9 +11,10 @@ from fastapi import HTTPException
 
 from hitmodels.config import TrainConfig
 from hitmodels.evaluate import class_metrics, regression_metrics
-from hitmodels.models import HitMusicNet, MusicAENet, MusicPopNet, ae_sizes, initialise, popnet_sizes
+from hitmodels.families.hitmusicnet.network import HitMusicNet, MusicAENet, MusicPopNet, ae_sizes, initialise, popnet_sizes
 from hitmodels.predict import Preprocessor, popularity_class
-from hitmodels.train import effective_batch_size, split
+from hitmodels.families.hitmusicnet.fit import effective_batch_size
+from hitmodels.train import split
 from serve.app import validate_rows
 
 
@@ -148,7 +149,7 @@ def test_train_config_defaults_are_the_papers():
 
 
 def test_class_loss_weights():
-    from hitmodels.train import class_loss_weights
+    from hitmodels.families.hitmusicnet.fit import class_loss_weights
 
     labels = np.array([0, 1, 1, 1, 1, 1])  # no "high" row
     assert class_loss_weights(labels, "none").tolist() == [1.0, 1.0, 1.0]
@@ -161,7 +162,7 @@ def test_class_loss_weights():
 def test_resolve_device():
     import torch
 
-    from hitmodels.train import resolve_device
+    from hitmodels.families.hitmusicnet.fit import resolve_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected and resolve_device("cpu").type == "cpu"
@@ -175,8 +176,9 @@ def test_resolve_device():
 def test_predict_array_bf16_is_close_to_fp32_and_precision_is_checked():
     import torch
 
-    from hitmodels.models import HitMusicNet
-    from hitmodels.predict import HitMusicPyfunc, ModelMeta, Preprocessor
+    from hitmodels.families.hitmusicnet.network import HitMusicNet
+    from hitmodels.families.hitmusicnet.model import HitMusicPyfunc, ModelMeta
+    from hitmodels.predict import Preprocessor
 
     torch.manual_seed(0)
     d = 40

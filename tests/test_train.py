@@ -18,9 +18,11 @@ from sklearn import metrics as skm
 from hitmodels.config import CLASS_THRESHOLDS, PAPER_CONFIGS, EvaluateConfig, TrainConfig, paper_config
 from hitmodels.data import feature_columns
 from hitmodels.evaluate import interval_metrics, label_metrics, ranking_metrics, regression_metrics
-from hitmodels.models import HitMusicNet, ae_sizes, popnet_sizes
+from hitmodels.families.hitmusicnet.network import HitMusicNet, ae_sizes, popnet_sizes
 from hitmodels.predict import Preprocessor, SplitConformal, class_thresholds, popularity_class
-from hitmodels.train import KERAS_LR, cross_validate, fit_model, make_optimizer, split_rows, stratified_split
+from hitmodels.crossval import cross_validate
+from hitmodels.families.hitmusicnet.fit import KERAS_LR, fit_model, make_optimizer
+from hitmodels.train import split_rows, stratified_split
 
 
 def learnable_table(n: int = 600, d: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -168,23 +170,23 @@ def test_fit_never_sees_test_rows():
         return s, fit_model(s.fit, s.val, s.calib, cols, cfg)
 
     s, a = fit(table)
-    assert a.pre == Preprocessor.fit(s.fit, cols)
+    assert a.model.pre == Preprocessor.fit(s.fit, cols)
     calib_pred = a.predict(s.calib)["popularity"].to_numpy()
     expected = SplitConformal.fit(s.calib["popularity"], calib_pred, cfg.coverage)
-    assert a.meta.conformal["halfwidth"] == expected.halfwidth
-    assert a.meta.conformal["n_calib"] == len(s.calib)
+    assert a.model.meta.conformal["halfwidth"] == expected.halfwidth
+    assert a.model.meta.conformal["n_calib"] == len(s.calib)
     poisoned = table.copy()
     test_rows = poisoned["track_id"].isin(s.test["track_id"])
     poisoned.loc[test_rows, cols] = 1e6
     s2, b = fit(poisoned)
     assert s2.test["track_id"].tolist() == s.test["track_id"].tolist()
-    assert b.pre == a.pre and b.meta == a.meta
-    for (k, va), vb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+    assert b.model.pre == a.model.pre and b.model.meta == a.model.meta
+    for (k, va), vb in zip(a.model.net.state_dict().items(), b.model.net.state_dict().values()):
         assert torch.equal(va, vb), k
 
 
 def test_cross_validation_keeps_test_rows_out_of_every_fit(monkeypatch):
-    import hitmodels.train as train_mod
+    import hitmodels.families.hitmusicnet.fit as train_mod
 
     table = learnable_table(200)
     base = replace(QUICK, ae_epochs=2, mlp_epochs=2)
@@ -254,7 +256,7 @@ def test_registered_model_answers_interval_and_class_probabilities(tmp_path):
         assert k in result.metrics
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/train-test/{result.version}")
-    assert model.unwrap_python_model().columns == feature_columns(table)
+    assert model.unwrap_python_model().model.columns == feature_columns(table)
     out = model.predict(table.head(7))
     assert list(out.columns) == ["popularity", "popularity_lower", "popularity_upper", "class", "p_low",
                                  "p_medium", "p_high"]

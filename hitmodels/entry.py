@@ -1,0 +1,18 @@
+"""The shared ``main`` of the runnable modules (``python -m pipelines.<job>``, ``python -m serve.deploy``).
+
+It lives apart from :mod:`hitmodels.cli` because the CLI imports the jobs: a job importing the CLI back
+would make a circle.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def module_main(doc: str, prog: str, add_arguments: Callable, main_from_args: Callable,
+                argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with the job's own arguments (``doc`` is its ``--help``) and run it."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return main_from_args(p.parse_args(argv))
