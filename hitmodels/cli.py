@@ -8,6 +8,7 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic build .hitmusic/features .hitmusic/catalogue .hitmusic/model_table.parquet
     hitmusic train .hitmusic/model_table.parquet  # logs a run, registers a new model version
     hitmusic promote --version 1                  # alias 'champion' -> version 1
+    hitmusic leaderboard .hitmusic/model_table.parquet   # every family on one split; the best promoted
     hitmusic tune .hitmusic/model_table.parquet   # Ray Tune trials (nested MLflow runs), best registered
     hitmusic promote --version 2 --if-better --table .hitmusic/model_table.parquet
     hitmusic rollback                             # champion <- previous
@@ -118,14 +119,13 @@ def cmd_demo(args) -> int:
     """Everything, end to end, on a generated catalogue; leaves the services running."""
     import pandas as pd
 
-    from pipelines import build, extract, score
+    from pipelines import build, extract, leaderboard, score
     from serve.deploy import deploy
 
     from .config import TrainConfig
-    from .registry import promote, promote_if_better
+    from .registry import promote_if_better
     from .services import up
     from .synth import generate
-    from .train import train
 
     svc = _services(args)
     home = svc.home
@@ -144,26 +144,30 @@ def cmd_demo(args) -> int:
     extract.run(paths["manifest"], home / "features")
     step("building the model table")
     table_path = build.run(home / "features", catalogue, home / "model_table.parquet")
-    step("training HitMusicNet (MusicAENet + MusicPopNet), logging to MLflow")
-    result = train(pd.read_parquet(table_path), TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs),
-                   svc.tracking_uri)
-    step(f"registered {result.model_name} version {result.version}: test MAE {result.metrics['test_mae']:.4f} "
-         f"(predicting the mean: {result.metrics['test_mae_predict_mean']:.4f})")
-    promote(result.model_name, result.version)
-    step(f"promoted version {result.version} to champion")
+    step("leaderboard: HitMusicNet, MLR + Lasso and HistGradientBoosting on one split, each registered")
+    board = leaderboard.run(table_path, ["hitmusicnet", "lasso", "hgb"],
+                            TrainConfig(ae_epochs=args.epochs, mlp_epochs=args.epochs), svc.tracking_uri,
+                            progress=lambda msg: step(msg))
+    model_name = board["model_name"]
+    print(leaderboard.markdown(board["rows"], board["metric"]), flush=True)
+    step(board["reason"])
     if args.tune_trials > 0:
         from pipelines import tune
 
-        step(f"tuning: {args.tune_trials} random trials with ASHA (Ray Tune), best retrained with Ray Train")
+        step(f"tuning HitMusicNet: {args.tune_trials} random trials with ASHA (Ray Tune), best retrained with "
+             "Ray Train")
         trials, tuned = tune.run(table_path, num_samples=args.tune_trials, epochs=args.tune_epochs,
                                  name=f"demo-{int(time.time())}", tracking_uri=svc.tracking_uri)
-        promoted, reason = promote_if_better(result.model_name, tuned.version, pd.read_parquet(table_path))
-        step(f"tuned {len(trials)} trials; registered version {tuned.version}; {reason}")
+        try:
+            promoted, reason = promote_if_better(model_name, tuned.version, pd.read_parquet(table_path))
+        except ValueError as exc:  # not comparable: the leaderboard's champion stays
+            reason = f"not promoted: {exc}"
+        step(f"tuned {len(trials)} trials; registered version {tuned.version} (test MAE "
+             f"{tuned.metrics['test_mae']:.4f}); {reason}")
     step("deploying Ray Serve")
-    url = deploy(ServeSettings(model_name=result.model_name, tracking_uri=svc.tracking_uri), svc.host,
-                 svc.serve_port)
+    url = deploy(ServeSettings(model_name=model_name, tracking_uri=svc.tracking_uri), svc.host, svc.serve_port)
     step("scoring the whole catalogue with a Ray job")
-    champion = score.run(table_path, home / "scores", result.model_name, "champion", svc.tracking_uri)
+    champion = score.run(table_path, home / "scores", model_name, "champion", svc.tracking_uri)
     scores = score.read_scores(home / "scores")
     step(f"scored {len(scores)} tracks -> {home / 'scores'}")
     table = pd.read_parquet(table_path)
@@ -175,8 +179,8 @@ def cmd_demo(args) -> int:
     example_path.write_text(json.dumps(example))
     print(f"""
 Done in {time.monotonic() - t0:.0f} s.
-  MLflow UI:      {urls['mlflow']}  (experiments '{result.model_name}' and '{result.model_name}-tune';
-                  model '{result.model_name}', champion = version {champion.version})
+  MLflow UI:      {urls['mlflow']}  (experiments '{model_name}' and '{model_name}-tune';
+                  model '{model_name}', champion = version {champion.version}, {registered_family(champion)})
   Ray dashboard:  {urls['ray_dashboard']}
   Endpoint:       {url}/predict   (docs: {url}/docs)
   Scores:         {home / 'scores'}
@@ -189,8 +193,15 @@ Stop everything with: make stop   (or: hitmusic down)""")
     return 0
 
 
+def registered_family(ref) -> str:
+    """The family a registered version says it is, for messages."""
+    from .registry import client
+
+    return (client().get_model_version(ref.name, ref.version).tags or {}).get("model_family", "hitmusicnet")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines import build, evaluate, extract, score, train, tune
+    from pipelines import build, evaluate, extract, leaderboard, score, train, tune
     from serve import deploy
 
     p = argparse.ArgumentParser(prog="hitmusic", description=__doc__,
@@ -227,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=s.seed, help=f"random seed (default {s.seed})")
     add("extract", "Ray Data job: audio + lyric features per track", lambda a: extract.main_from_args(a), extract)
     add("build", "join features with metadata into the model table", lambda a: build.main_from_args(a), build)
-    add("train", "train HitMusicNet, log to MLflow, register a version", _with_tracking(train.main_from_args), train)
+    add("train", "train a model family (HitMusicNet by default), log to MLflow, register a version",
+        _with_tracking(train.main_from_args), train)
+    add("leaderboard", "fit every family on one split, register each, promote the best",
+        _with_tracking(leaderboard.main_from_args), leaderboard)
     add("evaluate", "cross-validate the paper's configurations and baselines, write a report",
         _with_tracking(evaluate.main_from_args), evaluate)
     add("tune", "Ray Tune over model variants, trials in MLflow, best retrained and registered",
@@ -237,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--version", default=None, help="version to promote (default: the latest)")
     sp.add_argument("--alias", default="champion", help="alias to set (default champion)")
     sp.add_argument("--if-better", action="store_true",
-                    help="promote only if the version's test MAE is no worse than the champion's on the same "
-                         "held-out rows of --table; exits 1 and says why when it refuses")
+                    help="promote only if the version's selection metric (test MAE) is no worse than the "
+                         "champion's on the rows of --table that both versions held out (their stored test "
+                         "track ids); exits 1 when it is worse, 2 when the two cannot be compared fairly "
+                         "(other data, feature schema or metric)")
     sp.add_argument("--table", type=Path, default=None, help="model table for --if-better")
     sp = add("rollback", "point 'champion' back at the 'previous' version", cmd_rollback)
     sp.add_argument("--model", default="hitmusicnet", help="registered model name (default hitmusicnet)")

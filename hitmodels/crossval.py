@@ -94,22 +94,28 @@ def cross_validate(table: pd.DataFrame, base: TrainConfig = TrainConfig(), ecfg:
             histories[(cfg.name, k)] = fitted.history
             if k == 0:
                 sample = test.sample(min(len(test), ecfg.tsne_points), random_state=base.seed)
-                codes[cfg.name] = (fitted.model.code(sample[columns].to_numpy(np.float32)), popularity_class(sample["popularity"].to_numpy(float),
-                                                                         fold_thr))
+                codes[cfg.name] = (fitted.model.code(sample),
+                                   popularity_class(sample["popularity"].to_numpy(float), fold_thr))
             say(f"fold {k + 1}/{ecfg.n_folds} {cfg.name}: val MAE {rows[-2]['mae']:.4f}, "
                 f"test MAE {rows[-1]['mae']:.4f} ({fitted.seconds:.1f} s)")
         pre = Preprocessor.fit(fit_rows, columns)
         X_fit, X_val, X_test = pre.transform(fit_rows), pre.transform(val), pre.transform(test)
         for name in ecfg.baselines:
-            start = time.perf_counter()
-            with threadpool_limits(base.threads):
-                model = baseline_models.make(name, base.seed + k).fit(X_fit, fold_pop, fold_thr, median)
-            seconds = time.perf_counter() - start
-            for split_name, X, truth in (("val", X_val, val["popularity"].to_numpy(float)),
-                                         ("test", X_test, truth_test)):
-                rows.append({"model": model.label, "fold": k, "split": split_name, "seconds": seconds,
-                             **score(truth, model.predict(X), fold_thr, median, ecfg.top_fraction)})
-            say(f"fold {k + 1}/{ecfg.n_folds} {model.label}: {seconds:.1f} s")
+            if name in families.names():  # a registrable family: evaluated exactly as it is registered
+                family = families.get(name)
+                fitted = family.fit(fit_rows, val, calib, columns, replace(base, family=name, seed=base.seed + k))
+                label, seconds = family.label, fitted.seconds
+                outputs = [("val", fitted.predict(val), val), ("test", fitted.predict(test), test)]
+            else:
+                start = time.perf_counter()
+                with threadpool_limits(base.threads):
+                    model = baseline_models.make(name, base.seed + k).fit(X_fit, fold_pop, fold_thr, median)
+                label, seconds = model.label, time.perf_counter() - start
+                outputs = [("val", model.predict(X_val), val), ("test", model.predict(X_test), test)]
+            for split_name, out, rows_ in outputs:
+                rows.append({"model": label, "fold": k, "split": split_name, "seconds": seconds,
+                             **score(rows_["popularity"].to_numpy(float), out, fold_thr, median, ecfg.top_fraction)})
+            say(f"fold {k + 1}/{ecfg.n_folds} {label}: {seconds:.1f} s")
     return CVResult(scores=pd.DataFrame(rows), histories=histories, codes=codes,
                     train_popularity=outer["popularity"].to_numpy(float), thresholds=thresholds,
                     n_rows=len(table), n_features=len(columns), n_test=len(test),

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .config import CLASS_NAMES, CLASS_THRESHOLDS
 
-# Arithmetic of the network at scoring time (see HitMusicPyfunc.predict_array).
+# Arithmetic at scoring time (RowModel.predict_array); each family says which it supports.
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -138,6 +138,7 @@ class RowModel(mlflow.pyfunc.PythonModel):
     """
 
     family = ""  # the family's name, set by each subclass
+    input_kind = "rows"  # what it reads: the model table's feature columns
     precisions: tuple[str, ...] = ("fp32",)  # arithmetic :meth:`predict_array` supports
 
     def __init__(self, pre: Preprocessor, thresholds=CLASS_THRESHOLDS, conformal: dict | None = None,

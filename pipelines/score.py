@@ -298,6 +298,9 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
     tracking_uri = resolve_tracking_uri(tracking_uri)
     ref = resolve(model_name, version, tracking_uri)
     model = load_model(ref, tracking_uri)
+    if precision not in model.precisions:
+        raise ValueError(f"{ref.uri} is a {model.family} model, which scores in {', '.join(model.precisions)} "
+                         f"only, not {precision}")
     columns = model.columns
     have = set(input_columns(table))
     # Fail before any work if the table cannot feed the model at all (a schema problem, not a bad row).
@@ -362,9 +365,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16384,
                    help="rows read and scored at a time per worker (default 16384; audio manifests: 64)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="the network's arithmetic: fp32 (default, as trained and as Serve answers) or bf16 "
-                        "(~3x faster model on CPUs with AVX512-BF16/AMX; scores move by ~0.3 points on average, "
-                        "up to ~2)")
+                   help="the model's arithmetic: fp32 (default, as trained and as Serve answers) or, for "
+                        "HitMusicNet versions, bf16 (~3x faster network on CPUs with AVX512-BF16/AMX; scores move "
+                        "by ~0.3 points on average, up to ~2)")
     add_policy_arguments(p)
 
 

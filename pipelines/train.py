@@ -28,6 +28,7 @@ answers ``popularity`` (0-100), ``popularity_lower``/``popularity_upper`` (split
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import replace
@@ -120,7 +121,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    result = train(pd.read_parquet(args.table), config_from_args(args), args.tracking_uri)
+    # MLflow prints its registration messages on stdout: stdout is kept for the JSON result alone
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train(pd.read_parquet(args.table), config_from_args(args), args.tracking_uri)
     print(json.dumps({"run_id": result.run_id, "model_name": result.model_name, "version": result.version,
                       "family": result.family,
                       **{k: round(v, 5) for k, v in result.metrics.items()}}, indent=2))

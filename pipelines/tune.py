@@ -150,7 +150,7 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         )
     results = tuner.fit()
     best = results.get_best_result(metric="val_loss", mode="min")
-    cfg = fam.config(best.config, base)
+    cfg = fam.configure(best.config, base)
     client = mlflow.MlflowClient()
     close_stopped_trial_runs(client, experiment.experiment_id, parent_run_id, results)
     client.set_tag(parent_run_id, "best_config", cfg.name)

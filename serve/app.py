@@ -8,7 +8,9 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 - ``GET /`` and ``GET /healthz``: status, the served model's name and version, whether the registry answered
   at the last poll (``registry_ok``) and when.
-- ``GET /model``: name, version, alias, run id, creation time and test metrics of the served version.
+- ``GET /model``: name, version, alias, family, configuration, run id, creation time and test metrics of the
+  served version. Any family on feature rows is served the same way (HitMusicNet, MLR + Lasso,
+  HistGradientBoosting): the bundle says which, and the replica never needs to know.
 - ``GET /features``: the feature columns a row must carry.
 - ``POST /predict``: ``{"rows": [{"track_id": "...", "<feature>": <number>, ...}, ...]}`` -> per track
   popularity (0-100), class, and whatever else the model returns (interval, class probabilities), plus the
@@ -299,6 +301,9 @@ class ModelHolder:
 
         name = self.settings.model_name
         model = load_model(ModelRef(name, version), self.tracking_uri)  # weights + JSON, never a pickle
+        if model.input_kind != "rows":  # /predict takes feature rows; other inputs need their own endpoint
+            raise LookupError(f"version {version} is a {model.family} model on {model.input_kind!r} input; "
+                              "this service answers models on feature rows")
         client = mlflow.MlflowClient(self.tracking_uri)
         mv = client.get_model_version(name, version)
         run = client.get_run(mv.run_id) if mv.run_id else None
@@ -309,7 +314,9 @@ class ModelHolder:
                 "registered": _iso(mv.creation_timestamp), "created": mv.creation_timestamp,
                 "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")}}
         columns = model.columns
-        return Served(name, version, model, list(columns), {**info, "n_features": len(columns)})
+        return Served(name, version, model, list(columns), {
+            **info, "family": model.family, "config": model.config, "outputs": list(model.outputs),
+            "n_features": len(columns)})
 
     def poll(self) -> bool:
         """Ask the registry where the alias points; load and swap if it moved. Returns True on a swap."""

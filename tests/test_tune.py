@@ -88,13 +88,13 @@ def test_promote_if_better_refuses_worse_and_rollback(tuned, table_path, mlflow_
     from hitmodels.train import train
 
     table = pd.read_parquet(table_path)
-    good = tuned["reg"].version
+    # popularity here is linear in one column: the Lasso all but finds it, and is the champion
+    good = train(table, TrainConfig(model_name=MODEL, experiment=MODEL, family="lasso", name="lasso"),
+                 mlflow_uri).version
     promote(MODEL, good, tracking_uri=mlflow_uri)
-    # a model trained on inverted targets learns the opposite of popularity: worse than any honest model
-    inverted = table.copy()
-    inverted["popularity"] = 100 - inverted["popularity"]
-    bad = train(inverted, TrainConfig(model_name=MODEL, experiment=MODEL, ae_epochs=20, mlp_epochs=40),
-                mlflow_uri).version
+    # one boosting step at a tiny learning rate answers about the training mean: worse than any honest model
+    bad = train(table, TrainConfig(model_name=MODEL, experiment=MODEL, family="hgb", name="hgb-1-step",
+                                   params={"max_iter": 1, "learning_rate": 0.01}), mlflow_uri).version
     promoted, reason = promote_if_better(MODEL, bad, table, mlflow_uri)
     assert not promoted and "refused" in reason and "worse" in reason
     assert resolve(MODEL, CHAMPION, mlflow_uri).version == good
@@ -103,3 +103,30 @@ def test_promote_if_better_refuses_worse_and_rollback(tuned, table_path, mlflow_
     rollback(MODEL, mlflow_uri)
     assert resolve(MODEL, CHAMPION, mlflow_uri).version == good
     assert resolve(MODEL, PREVIOUS, mlflow_uri).version == bad
+    # a version trained on other data (inverted targets) cannot be compared on the champion's test rows
+    inverted = table.copy()
+    inverted["popularity"] = 100 - inverted["popularity"]
+    other = train(inverted, TrainConfig(model_name=MODEL, experiment=MODEL, family="lasso", name="lasso"),
+                  mlflow_uri).version
+    with pytest.raises(ValueError, match="not comparable"):
+        promote_if_better(MODEL, other, table, mlflow_uri)
+    assert resolve(MODEL, CHAMPION, mlflow_uri).version == good
+
+
+def test_a_classical_family_is_tuned_and_retrained_through_the_same_job(table_path, ray_local, mlflow_uri,
+                                                                        tmp_path):
+    import mlflow
+
+    from pipelines import tune
+
+    base = TrainConfig(model_name=MODEL, experiment=MODEL)
+    results, reg = tune.run(table_path, family="hgb", search="random", num_samples=2, epochs=1, name="hgb",
+                            storage=tmp_path, base=base, tracking_uri=mlflow_uri)
+    assert len(results) == 2 and reg.family == "hgb"
+    mv = mlflow.MlflowClient(mlflow_uri).get_model_version(MODEL, reg.version)
+    assert mv.tags["model_family"] == "hgb" and mv.tags["train_device"] == "cpu"
+    best = results.get_best_result(metric="val_loss", mode="min").config
+    assert mv.tags["config"] == "-".join(f"{k}{best[k]}" for k in sorted(best) if k != "context")
+    with pytest.raises(ValueError, match="nothing to tune"):
+        tune.run(table_path, family="lasso", num_samples=1, epochs=1, name="lasso", storage=tmp_path, base=base,
+                 tracking_uri=mlflow_uri)

@@ -99,7 +99,7 @@ class HitMusicPyfunc(RowModel):
         proba = torch.softmax(self.net.cls(code).float(), 1).numpy() if self.net.cls is not None else None
         return pop, proba
 
-    def code(self, x: np.ndarray) -> np.ndarray:
-        """The scaled autoencoder code ``(n_rows, c)`` MusicPopNet sees, of raw feature rows ``x``."""
+    def code(self, rows) -> np.ndarray:
+        """The scaled autoencoder code ``(n_rows, c)`` MusicPopNet sees, of feature rows (a DataFrame)."""
         with torch.inference_mode():
-            return self.net.code(torch.from_numpy(self.pre.transform_array(x))).numpy()
+            return self.net.code(torch.from_numpy(self.pre.transform(rows))).numpy()
