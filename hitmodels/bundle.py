@@ -47,10 +47,16 @@ def parse_manifest(text: str | None) -> dict:
     manifest = dict(LEGACY) if text is None else json.loads(text)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("family"), str):
         raise ValueError("bundle manifest is not a JSON object naming a family")
-    family = families.get(manifest["family"])
+    if not isinstance(manifest.get("input", {}), dict) or manifest.get("format", 0) > FORMAT:
+        raise ValueError(f"bundle manifest of format {manifest.get('format')!r} with input "
+                         f"{manifest.get('input')!r}: this code reads format {FORMAT} and below")
+    try:
+        family = families.get(manifest["family"])
+    except TypeError as exc:  # a broken plug-in
+        raise ValueError(str(exc)) from None
     files = manifest.get("files")
-    if not isinstance(files, list) or not set(files) <= set(family.files) or not files:
-        raise ValueError(f"bundle manifest lists files {files!r}; the {family.name} family reads only "
+    if not isinstance(files, list) or sorted(map(str, files)) != sorted(family.files):
+        raise ValueError(f"bundle manifest lists files {files!r}; the {family.name} family reads exactly "
                          f"{list(family.files)}")
     return manifest
 

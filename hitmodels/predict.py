@@ -85,6 +85,29 @@ def class_labels(popularity: np.ndarray, thresholds: tuple[float, float]) -> np.
     return np.digitize(np.asarray(popularity, float), thresholds)
 
 
+def class_probabilities(raw: np.ndarray, classes: list[int]) -> np.ndarray:
+    """``(n, 3)`` low/medium/high probabilities from a classifier's raw scores over the ``classes`` it saw
+    (indices into low/medium/high): ``(n, 1)`` is the log-odds of the second of two classes (a binary
+    model), ``(n, K)`` the logits of K; classes it never saw get probability 0."""
+    raw = np.asarray(raw, np.float64)
+    if raw.shape[1] == 1:
+        p1 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+        present = np.stack([1.0 - p1, p1], axis=1)
+    else:
+        e = np.exp(raw - raw.max(axis=1, keepdims=True))
+        present = e / e.sum(axis=1, keepdims=True)
+    proba = np.zeros((len(raw), len(CLASS_NAMES)))
+    proba[:, classes] = present
+    return proba
+
+
+def check_classes(classes: list[int], n_outputs: int) -> None:
+    """Refuse a classifier whose saved classes do not match its outputs (1 output: two classes)."""
+    if len(classes) != (2 if n_outputs == 1 else n_outputs) or len(set(classes)) != len(classes) \
+            or not set(classes) <= set(range(len(CLASS_NAMES))):
+        raise ValueError(f"classifier with {n_outputs} output(s) cannot be over classes {classes}")
+
+
 def class_thresholds(scheme: str, train_popularity: np.ndarray | None = None) -> tuple[float, float]:
     """Class boundaries: ``"fixed"`` is eq. (4), (25, 65); ``"quartiles"`` is (Q1, Q3) of the training
     popularity, which gives classes of 25 / 50 / 25 % of the training rows whatever the dataset's scale."""
@@ -138,7 +161,6 @@ class RowModel(mlflow.pyfunc.PythonModel):
     """
 
     family = ""  # the family's name, set by each subclass
-    input_kind = "rows"  # what it reads: the model table's feature columns
     precisions: tuple[str, ...] = ("fp32",)  # arithmetic :meth:`predict_array` supports
 
     def __init__(self, pre: Preprocessor, thresholds=CLASS_THRESHOLDS, conformal: dict | None = None,
@@ -216,3 +238,13 @@ class RowModel(mlflow.pyfunc.PythonModel):
         if len(rows):
             pred = self.predict(None, rows)["popularity"].to_numpy()
             self.conformal = asdict(SplitConformal.fit(rows["popularity"].to_numpy(float), pred, coverage))
+
+
+def __getattr__(name: str):
+    # Versions registered before families carry a code file doing `from hitmodels.predict import
+    # HitMusicPyfunc; set_model(HitMusicPyfunc())`: MLflow's own load_model of them gets the bundle loader.
+    if name == "HitMusicPyfunc":
+        from .bundle import RegisteredModel
+
+        return RegisteredModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -194,16 +194,19 @@ def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_u
     scores = []
     for v in (candidate, incumbent):
         pred = load_model(ModelRef(name, v), tracking_uri).predict(None, test)["popularity"].to_numpy(float)
-        scores.append(regression_metrics(truth, pred)[cand.metric])
+        metrics = regression_metrics(truth, pred)
+        if cand.metric not in metrics:
+            raise ValueError(f"version {candidate} is selected on {cand.metric!r}, which promotion cannot "
+                             f"compute (it knows {', '.join(metrics)})")
+        scores.append(metrics[cand.metric])
     return scores[0], scores[1], cand.metric, len(test)
 
 
-def better(a: float, b: float, metric: str) -> bool:
-    """Whether ``a`` is no worse than ``b`` on ``metric`` (errors: lower is better; correlations: higher)."""
-    return a >= b if metric in HIGHER_IS_BETTER else a <= b
+def better(a: float, b: float, family: str) -> bool:
+    """Whether ``a`` is no worse than ``b`` on ``family``'s selection metric."""
+    from . import families
 
-
-HIGHER_IS_BETTER = {"r2", "spearman"}
+    return a >= b if families.get(family).higher_is_better else a <= b
 
 
 def promote_if_better(name: str, version: str, table, tracking_uri: str | None = None) -> tuple[bool, str]:
@@ -219,7 +222,7 @@ def promote_if_better(name: str, version: str, table, tracking_uri: str | None =
         return False, f"version {version} already is the champion"
     cand, inc, metric, n = compare_on_test(name, str(version), str(champion), table, tracking_uri)
     where = f"on the {n} {name} test rows neither trained on"
-    if not better(cand, inc, metric):
+    if not better(cand, inc, registered(name, str(version), tracking_uri).family):
         return False, (f"refused: version {version} has test {metric.upper()} {cand:.5f}, worse than champion "
                        f"version {champion} ({inc:.5f}) {where}")
     promote(name, version, CHAMPION, tracking_uri)

@@ -213,15 +213,17 @@ def description(family_text: str, metrics: dict[str, float], fingerprint: str, n
             f"Kendall@10% {metrics.get('test_kendall_top10', float('nan')):.3f}"
             + (f", interval coverage {cov:.0%}" if cov is not None else "")
             + f". Fitted on {n['train']} rows ({n['val']} validation, {n['calib']} calibration) of dataset "
-            f"{fingerprint} (feature schema v{FEATURE_SCHEMA_VERSION}). Promoted on test {metric}.")
+            f"{fingerprint} (feature schema v{FEATURE_SCHEMA_VERSION}). Selected and promoted on test {metric}.")
 
 
 def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, tracking_uri: str | None = None,
-                    parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> TrainResult:
+                    parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+                    counts: dict[str, int] | None = None) -> TrainResult:
     """Score a saved bundle on the test rows of ``split_rows(table, cfg)`` (rows it never saw when it was
     fitted with the same ``cfg``), log parameters, metrics, the test rows' track ids and the pyfunc model,
     and register it as a new version of ``cfg.model_name``. Logs into the active MLflow run, or a new one
-    (nested under ``parent_run_id`` when given)."""
+    (nested under ``parent_run_id`` when given). ``counts`` gives the rows it was fitted on where that was
+    not ``split_rows``' fit / validation / calibration (a retraining after tuning)."""
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     table = training_rows(table)
     s = split_rows(table, cfg)
@@ -229,7 +231,7 @@ def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, trackin
     fam = families.get(model.family)
     with _run(cfg, parent_run_id) as run:
         fingerprint = dataset_fingerprint(table)
-        n = {"train": len(s.fit), "val": len(s.val), "calib": len(s.calib), "test": len(s.test)}
+        n = {"train": len(s.fit), "val": len(s.val), "calib": len(s.calib), **(counts or {}), "test": len(s.test)}
         mlflow.log_params({"family": fam.name, "config": cfg.name, **split_settings(cfg), **fam.params(cfg),
                            "n_features": len(model.columns), **{f"n_{k}": v for k, v in n.items()}})
         all_tags = {"dataset_fingerprint": fingerprint, "feature_schema_version": FEATURE_SCHEMA_VERSION,

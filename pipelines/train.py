@@ -113,6 +113,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                       model_name=args.model_name, experiment=args.experiment, family=family,
                       params=parse_params(getattr(args, "param", [])),
                       name=family if family != "hitmusicnet" else TrainConfig.name, **fit_settings(args))
+    network_options = {"--config": args.config, "--delta": args.delta, "--optimizer": args.optimizer,
+                       "--initialiser": args.initialiser, "--lr": args.lr}
+    given = [k for k, v in network_options.items() if v is not None]
+    if family != "hitmusicnet" and given:
+        raise ValueError(f"{', '.join(given)}: HitMusicNet's option(s), not the {family} family's "
+                         "(its settings are --param KEY=VALUE)")
     if args.config:
         cfg = paper_config(args.config, cfg)
     overrides = {k: v for k, v in {"delta": args.delta, "optimizer": args.optimizer,

@@ -79,11 +79,18 @@ def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, p
     from hitmodels import families
     from hitmodels.train import register_bundle
 
-    bundle, tags = families.get(cfg.family).retrain(table_path, cfg, storage, workers,
-                                                    f"retrain-{parent_run_id[:8]}", use_gpu)
+    from hitmodels.data import training_rows
+    from hitmodels.train import retrain_rows
+
+    family = families.get(cfg.family)
+    bundle, tags = family.retrain(table_path, cfg, storage, workers, f"retrain-{parent_run_id[:8]}", use_gpu)
+    table = pd.read_parquet(table_path)
+    fit, stop, calib = retrain_rows(training_rows(table), cfg)
+    counts = {"train": len(fit), "val": len(stop), "calib": len(calib)} if family.early_stops else \
+        {"train": len(fit) + len(stop), "val": 0, "calib": len(calib)}
     with bundle as directory:
-        return register_bundle(Path(directory), pd.read_parquet(table_path), cfg, tracking_uri,
-                               parent_run_id=parent_run_id, tags={**extra_tags, **tags})
+        return register_bundle(Path(directory), table, cfg, tracking_uri, parent_run_id=parent_run_id,
+                               tags={**extra_tags, **tags}, counts=counts)
 
 # ---------------------------------------------------------------------------------------- the job
 

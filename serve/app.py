@@ -301,9 +301,12 @@ class ModelHolder:
 
         name = self.settings.model_name
         model = load_model(ModelRef(name, version), self.tracking_uri)  # weights + JSON, never a pickle
-        if model.input_kind != "rows":  # /predict takes feature rows; other inputs need their own endpoint
-            raise LookupError(f"version {version} is a {model.family} model on {model.input_kind!r} input; "
-                              "this service answers models on feature rows")
+        from hitmodels import families
+
+        kind = families.get(model.family).input_kind
+        if kind != "rows":  # /predict takes feature rows; other inputs need their own endpoint
+            raise LookupError(f"version {version} is a {model.family} model on {kind!r} input; this service "
+                              "answers models on feature rows")
         client = mlflow.MlflowClient(self.tracking_uri)
         mv = client.get_model_version(name, version)
         run = client.get_run(mv.run_id) if mv.run_id else None

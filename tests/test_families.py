@@ -126,7 +126,7 @@ def test_bundles_that_are_not_what_their_family_writes_are_refused(tmp_path):
     _, fitted = fit("hgb", table)
     write_bundle(tmp_path, fitted.model)
     # a manifest naming a file its family does not read
-    with pytest.raises(ValueError, match="reads only"):
+    with pytest.raises(ValueError, match="reads exactly"):
         parse_manifest(json.dumps({"family": "hgb", "files": ["model.json", "python_model.pkl"]}))
     with pytest.raises(ValueError, match="unknown model family"):
         parse_manifest(json.dumps({"family": "evil", "files": ["x"]}))
@@ -193,36 +193,41 @@ def test_classical_versions_are_registered_promoted_served_and_batch_scored(tabl
     promote(MODEL, versions["lasso"].version, tracking_uri=mlflow_uri)
     url = deploy(ServeSettings(model_name=MODEL, tracking_uri=mlflow_uri, poll_interval_s=1.0),
                  port=serve_port, app_name="families-test", route_prefix="/families-test")
-    rows = table.head(5)
-    cols = httpx.get(f"{url}/features", timeout=30).json()["columns"]
-    body = {"rows": [{"track_id": r["track_id"], **{k: (None if pd.isna(r[k]) else float(r[k])) for k in cols}}
-                     for _, r in rows.iterrows() if not r[cols].isna().any()]}
-    online = {}
-    for name in CLASSICAL:
-        if name == "hgb":  # the alias moves: the replica hot-swaps to the tree model
-            promote(MODEL, versions["hgb"].version, tracking_uri=mlflow_uri)
-            deadline = time.monotonic() + 60
-            while httpx.get(f"{url}/healthz", timeout=30).json()["model_version"] != versions["hgb"].version:
-                assert time.monotonic() < deadline, "the replica did not swap to the hgb version"
-                time.sleep(0.5)
-        r = httpx.post(f"{url}/predict", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        doc = r.json()
-        assert doc["model_version"] == versions[name].version
-        assert httpx.get(f"{url}/model", timeout=30).json()["family"] == name
-        online[name] = {p["track_id"]: p for p in doc["predictions"]}
-        assert {"popularity", "popularity_lower", "popularity_upper", "class", "p_low"} <= set(
-            next(iter(online[name].values())))
+    try:
+        rows = table.head(5)
+        cols = httpx.get(f"{url}/features", timeout=30).json()["columns"]
+        body = {"rows": [{"track_id": r["track_id"], **{k: (None if pd.isna(r[k]) else float(r[k])) for k in cols}}
+                         for _, r in rows.iterrows() if not r[cols].isna().any()]}
+        online = {}
+        for name in CLASSICAL:
+            if name == "hgb":  # the alias moves: the replica hot-swaps to the tree model
+                promote(MODEL, versions["hgb"].version, tracking_uri=mlflow_uri)
+                deadline = time.monotonic() + 60
+                while httpx.get(f"{url}/healthz", timeout=30).json()["model_version"] != versions["hgb"].version:
+                    assert time.monotonic() < deadline, "the replica did not swap to the hgb version"
+                    time.sleep(0.5)
+            r = httpx.post(f"{url}/predict", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["model_version"] == versions[name].version
+            assert httpx.get(f"{url}/model", timeout=30).json()["family"] == name
+            online[name] = {p["track_id"]: p for p in doc["predictions"]}
+            assert {"popularity", "popularity_lower", "popularity_upper", "class", "p_low"} <= set(
+                next(iter(online[name].values())))
 
-        out = tmp_path / f"scores-{name}"
-        ref = score.run(table_path, out, MODEL, versions[name].version, mlflow_uri)
-        batch = score.read_scores(out).set_index("track_id")
-        assert ref.version == versions[name].version and len(batch) == len(table)  # rows in = rows out
-        assert batch["error"].isna().all()
-        for tid, p in online[name].items():
-            assert batch.loc[tid, "popularity"] == pytest.approx(p["popularity"], abs=1e-9)
-            assert batch.loc[tid, "class"] == p["class"]
-    assert online["lasso"] != online["hgb"]
+            out = tmp_path / f"scores-{name}"
+            ref = score.run(table_path, out, MODEL, versions[name].version, mlflow_uri)
+            batch = score.read_scores(out).set_index("track_id")
+            assert ref.version == versions[name].version and len(batch) == len(table)  # rows in = rows out
+            assert batch["error"].isna().all()
+            for tid, p in online[name].items():
+                assert batch.loc[tid, "popularity"] == pytest.approx(p["popularity"], abs=1e-9)
+                assert batch.loc[tid, "class"] == p["class"]
+        assert online["lasso"] != online["hgb"]
+    finally:  # a replica holds half a CPU of the 2-CPU test cluster: later tests need it
+        from ray import serve
+
+        serve.delete("families-test")
 
 
 # ----------------------------------------------------------------------------- leaderboard, promotion
@@ -295,3 +300,54 @@ def test_if_better_compares_on_stored_test_rows_and_refuses_other_data(table_pat
     with pytest.raises(ValueError, match="not the data"):
         compare_on_test(name, lasso.version, hgb.version, other, mlflow_uri)
     assert resolve(name, CHAMPION, mlflow_uri).version == champion
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_classical_family_with_two_or_one_classes_in_its_rows(name, tmp_path):
+    """A catalogue whose training rows never reach 'high' has a two-class head (p_high 0); one whose rows are
+    all 'low' has none, and its class is that of the predicted popularity."""
+    table = learnable(300)
+    two = table.assign(popularity=table["popularity"] * 0.6)  # below 65: low and medium only
+    _, fitted = fit(name, two)
+    out = fitted.model.predict(None, two.head(50))
+    assert (out["p_high"] == 0).all() and np.allclose(out[["p_low", "p_medium"]].sum(1), 1)
+    assert set(out["class"]) <= {"low", "medium"}
+    write_bundle(tmp_path / "two", fitted.model)
+    pd.testing.assert_frame_equal(load_bundle(tmp_path / "two").predict(None, two.head(50)), out)
+    one = table.assign(popularity=table["popularity"] * 0.2)  # below 25: low only
+    _, fitted = fit(name, one)
+    out = fitted.model.predict(None, one.head(50))
+    assert "p_low" not in out and set(out["class"]) == {"low"}
+    write_bundle(tmp_path / "one", fitted.model)
+    pd.testing.assert_frame_equal(load_bundle(tmp_path / "one").predict(None, one.head(50)), out)
+
+
+def test_versions_registered_before_families_still_load(tmp_path):
+    """A HitMusicNet version from before bundle manifests (weights.pt, arch.json, preprocess.json, and a code
+    file importing ``hitmodels.predict.HitMusicPyfunc``) loads both ways: as data through the registry, and
+    through MLflow's own ``load_model``."""
+    import mlflow
+
+    from hitmodels.registry import ModelRef, load_model
+
+    table = learnable(200)
+    _, fitted = fit("hitmusicnet", table, TrainConfig(ae_epochs=2, mlp_epochs=2))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    files = families.get("hitmusicnet").save(fitted.model, bundle)
+    assert not (bundle / "bundle.json").exists()
+    code = tmp_path / "old_pyfunc_code.py"
+    code.write_text("import mlflow\nfrom hitmodels.predict import HitMusicPyfunc\n"
+                    "mlflow.models.set_model(HitMusicPyfunc())\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("legacy")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(code), registered_model_name="legacy",
+                                       artifacts={Path(f).stem: str(bundle / f) for f in files})
+    rows = table.head(5)
+    expected = fitted.model.predict(None, rows)
+    pd.testing.assert_frame_equal(load_model(ModelRef("legacy", str(info.registered_model_version)), uri)
+                                  .predict(None, rows), expected)
+    pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(f"models:/legacy/{info.registered_model_version}")
+                                  .predict(rows), expected)

@@ -57,6 +57,7 @@ class Family:
     metric: str = "mae"  # test metric of popularity / 100 it is selected and promoted on
     higher_is_better: bool = False
     defaults: dict = {}  # the family's own settings (``TrainConfig.params``) and their defaults
+    early_stops: bool = False  # whether fit() uses the validation rows (else they may be fitted on)
 
     def check(self, cfg: TrainConfig) -> None:
         """Refuse a configuration this family cannot fit, before any work (``ValueError`` naming it)."""
@@ -64,6 +65,13 @@ class Family:
         if unknown:
             known = ", ".join(self.defaults) or "none"
             raise ValueError(f"the {self.name} family has no setting(s) {unknown}; its settings: {known}")
+        for key, value in cfg.params.items():
+            default = self.defaults[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ValueError(f"{self.name} setting {key} must be a number, got {value!r}")
+        if cfg.class_weight not in ("none", "balanced"):
+            raise ValueError(f"unknown class weighting {cfg.class_weight!r}; choose 'none' or 'balanced'")
 
     def fit(self, fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.DataFrame, columns: list[str],
             cfg: TrainConfig, log: bool = False, on_epoch: Callable[[str, int, dict], None] | None = None,
@@ -115,9 +123,11 @@ class Family:
 
             table = training_rows(pd.read_parquet(table_path))
             fit, stop, calib = retrain_rows(table, cfg)
+            if not self.early_stops:  # nothing to stop on: the held-back rows are fitted on too
+                fit, stop = pd.concat([fit, stop], ignore_index=True), stop.iloc[:0]
             fitted = self.fit(fit, stop, calib, feature_columns(table), cfg)
             with tempfile.TemporaryDirectory() as tmp:
-                write_bundle(Path(tmp), fitted.model, cfg)
+                write_bundle(Path(tmp), fitted.model)
                 return read_bundle_files(Path(tmp))
 
         start = time.perf_counter()
@@ -141,7 +151,7 @@ class Family:
 
         from hitmodels.data import feature_columns, training_rows
         from hitmodels.evaluate import regression_metrics
-        from hitmodels.train import split_rows
+        from hitmodels.train import dataset_fingerprint, git_commit, split_rows
 
         ctx = config["context"]
         cfg = self.configure(config, TrainConfig(**ctx["base"]))
@@ -151,7 +161,8 @@ class Family:
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
                               parent_run_id=ctx["parent_run_id"]):
             mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg)})
-            mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name()})
+            mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
+                             "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
             fitted = self.fit(s.fit, s.val, s.fit.iloc[:0], feature_columns(table), cfg)
             m = regression_metrics(s.val["popularity"].to_numpy(float),
                                    fitted.predict(s.val)["popularity"].to_numpy(float))

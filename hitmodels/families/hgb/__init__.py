@@ -21,7 +21,7 @@ import numpy as np
 
 from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
-from hitmodels.predict import Preprocessor, RowModel, class_labels, class_thresholds
+from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_probabilities, class_thresholds
 
 from .trees import check_trees, export_trees, raw_predict, tree_depth
 
@@ -36,6 +36,8 @@ class HGBModel(RowModel):
                  classes: list[int], thresholds, conformal=None, config="hgb", params: dict | None = None):
         super().__init__(pre, thresholds, conformal, config)
         self.reg, self.cls, self.classes, self.params = reg, cls, list(classes), dict(params or {})
+        if cls is not None:
+            check_classes(self.classes, len(cls["baseline"]))
         self._depth = {"reg": tree_depth(reg), "cls": tree_depth(cls) if cls is not None else 0}
 
     @property
@@ -47,15 +49,7 @@ class HGBModel(RowModel):
         if self.cls is None:
             return pop, None
         raw = raw_predict(self.cls, x, self._depth["cls"])
-        if raw.shape[1] == 1:  # two classes: one tree per iteration, the log-odds of the second
-            p1 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
-            present = np.stack([1.0 - p1, p1], axis=1)
-        else:
-            e = np.exp(raw - raw.max(axis=1, keepdims=True))
-            present = e / e.sum(axis=1, keepdims=True)
-        proba = np.zeros((len(x), 3))
-        proba[:, self.classes] = present
-        return pop, proba
+        return pop, class_probabilities(raw, self.classes)
 
 
 def _fit_reg_cls(X, pop, thresholds, cfg: TrainConfig):
@@ -70,7 +64,7 @@ def _fit_reg_cls(X, pop, thresholds, cfg: TrainConfig):
         reg = HistGradientBoostingRegressor(random_state=cfg.seed, **tree).fit(X, pop / 100.0)
         cls = None
         if cfg.classifier and len(np.unique(labels)) > 1:
-            cls = HistGradientBoostingClassifier(random_state=cfg.seed, class_weight=p["class_weight"] or None,
+            cls = HistGradientBoostingClassifier(random_state=cfg.seed, class_weight=None if p["class_weight"] in (None, "none") else "balanced",
                                                  **tree).fit(X, labels)
     return reg, cls, p
 
@@ -80,6 +74,11 @@ class HGBFamily(Family):
     label = "HistGradientBoosting"
     defaults = DEFAULTS
     files = ("model.json", "trees.npz")
+
+    def check(self, cfg: TrainConfig) -> None:
+        super().check(cfg)
+        if cfg.params.get("class_weight", "balanced") not in ("balanced", "none", None):
+            raise ValueError(f"hgb setting class_weight must be 'balanced' or 'none', got {cfg.params['class_weight']!r}")
 
     def fit(self, fit_rows, val_rows, calib_rows, columns, cfg, log=False, on_epoch=None, parallel=None) -> Fitted:
         start = time.perf_counter()

@@ -62,11 +62,18 @@ def check_trees(arrays: dict[str, np.ndarray], n_features: int) -> None:
     n = len(arrays["value"])
     if any(len(arrays[f]) != n for f in ("feature", "threshold", "left", "right", "leaf", "missing_left")):
         raise ValueError("tree arrays have different lengths")
+    for f in ("leaf", "missing_left"):
+        if arrays[f].dtype != np.bool_:
+            raise ValueError(f"tree array {f} is not boolean")
     for f in ("left", "right", "roots"):
         if len(arrays[f]) and (arrays[f].min() < 0 or arrays[f].max() >= n):
             raise ValueError(f"tree array {f} points outside the nodes")
     inner = ~arrays["leaf"]
-    if inner.any() and (arrays["feature"][inner].min() < 0 or arrays["feature"][inner].max() >= n_features):
+    here = np.arange(n)
+    # children come after their parent (scikit-learn's order), so every walk ends at a leaf
+    if (arrays["left"][inner] <= here[inner]).any() or (arrays["right"][inner] <= here[inner]).any():
+        raise ValueError("a tree's child comes before its parent")
+    if n and (arrays["feature"].min() < 0 or arrays["feature"].max() >= n_features):
         raise ValueError("a tree splits on a feature the model does not have")
     k = len(arrays["baseline"])
     if k < 1 or len(arrays["roots"]) % k:

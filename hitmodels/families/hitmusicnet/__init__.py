@@ -25,6 +25,7 @@ class HitMusicNetFamily(Family):
     name = "hitmusicnet"
     label = "HitMusicNet"
     files = _model.FILES
+    early_stops = True
 
     def check(self, cfg: TrainConfig) -> None:
         from hitmodels.predict import class_thresholds

@@ -8,7 +8,6 @@ N > 1 is data-parallel with DDP (each worker fits its own equal share of the row
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import tempfile
 from dataclasses import asdict, replace

@@ -19,7 +19,7 @@ import numpy as np
 
 from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
-from hitmodels.predict import Preprocessor, RowModel, class_labels, class_thresholds
+from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_probabilities, class_thresholds
 
 DEFAULTS = {"n_alphas": 20, "cv": 3, "C": 1.0}
 
@@ -36,6 +36,10 @@ class LassoModel(RowModel):
         self.cls = None if cls is None else {"classes": [int(c) for c in cls["classes"]],
                                              "coef": np.asarray(cls["coef"], np.float64).reshape(-1, len(self.coef)),
                                              "intercept": np.asarray(cls["intercept"], np.float64).reshape(-1)}
+        if self.cls is not None:
+            check_classes(self.cls["classes"], len(self.cls["coef"]))
+            if len(self.cls["intercept"]) != len(self.cls["coef"]):
+                raise ValueError("lasso classifier has a different number of intercepts and coefficient rows")
 
     @property
     def has_classes(self) -> bool:
@@ -47,15 +51,7 @@ class LassoModel(RowModel):
         if self.cls is None:
             return pop, None
         z = x @ self.cls["coef"].T + self.cls["intercept"]
-        if z.shape[1] == 1:  # two classes: the log-odds of the second
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            present = np.stack([1.0 - p1, p1], axis=1)
-        else:
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            present = e / e.sum(axis=1, keepdims=True)
-        proba = np.zeros((len(x), 3))
-        proba[:, self.cls["classes"]] = present
-        return pop, proba
+        return pop, class_probabilities(z, self.cls["classes"])
 
 
 class LassoFamily(Family):
