@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .services import ServiceError, use_ray_auth
 
+    # a progress bar per downloaded bundle file is noise on a terminal (MLflow's default)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # before anything imports Ray: every Ray client and local instance of ours runs with token auth
     use_ray_auth(Path(args.home).resolve())
     try:

@@ -177,11 +177,15 @@ def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: s
     s = split_rows(table, cfg)
     with _run(cfg, parent_run_id) as run:
         mlflow.set_tag("mlflow.runName", f"{fam.name}-{cfg.name}")
-        fitted = fam.fit(s.fit, s.val, s.calib, columns, cfg, log=True)
+        fit_rows, val_rows = s.fit, s.val
+        if not fam.early_stops:  # validation rows would only be left unused: they are fitted on
+            fit_rows, val_rows = pd.concat([s.fit, s.val], ignore_index=True), s.val.iloc[:0]
+        fitted = fam.fit(fit_rows, val_rows, s.calib, columns, cfg, log=True)
         with tempfile.TemporaryDirectory() as tmp:
             write_bundle(Path(tmp), fitted.model)
             result = register_bundle(Path(tmp), table, cfg, tracking_uri, tags={
-                **(tags or {}), "fit_seconds": f"{fitted.seconds:.2f}"})
+                **(tags or {}), "fit_seconds": f"{fitted.seconds:.2f}"},
+                counts={"train": len(fit_rows), "val": len(val_rows), "calib": len(s.calib)})
         mlflow.log_metric("fit_seconds", fitted.seconds)
         return replace(result, run_id=run.info.run_id, seconds=fitted.seconds)
 
@@ -212,7 +216,7 @@ def description(family_text: str, metrics: dict[str, float], fingerprint: str, n
             f"R² {metrics['test_r2']:.3f}, Spearman {metrics['test_spearman']:.3f}, "
             f"Kendall@10% {metrics.get('test_kendall_top10', float('nan')):.3f}"
             + (f", interval coverage {cov:.0%}" if cov is not None else "")
-            + f". Fitted on {n['train']} rows ({n['val']} validation, {n['calib']} calibration) of dataset "
+            + f". Fitted on {n['train']} rows ({n['val']} more for validation, {n['calib']} for calibration) of dataset "
             f"{fingerprint} (feature schema v{FEATURE_SCHEMA_VERSION}). Selected and promoted on test {metric}.")
 
 
@@ -232,7 +236,8 @@ def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, trackin
     with _run(cfg, parent_run_id) as run:
         fingerprint = dataset_fingerprint(table)
         n = {"train": len(s.fit), "val": len(s.val), "calib": len(s.calib), **(counts or {}), "test": len(s.test)}
-        mlflow.log_params({"family": fam.name, "config": cfg.name, **split_settings(cfg), **fam.params(cfg),
+        mlflow.log_params({"family": fam.name, "config": cfg.name, **split_settings(cfg),
+                           **fam.params(cfg, n["train"]),
                            "n_features": len(model.columns), **{f"n_{k}": v for k, v in n.items()}})
         all_tags = {"dataset_fingerprint": fingerprint, "feature_schema_version": FEATURE_SCHEMA_VERSION,
                     "git_commit": git_commit(), "model_family": fam.name, "input_kind": fam.input_kind,

@@ -86,8 +86,8 @@ class Family:
     def load(self, directory: Path) -> RowModel:
         raise NotImplementedError
 
-    def params(self, cfg: TrainConfig) -> dict:
-        """The settings that define this family's model, as MLflow logs them."""
+    def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
+        """The settings that define this family's model, as MLflow logs them (``n_fit``: rows fitted on)."""
         return {f"params.{k}": v for k, v in cfg.params.items()}
 
     def describe(self, cfg: TrainConfig) -> str:
@@ -160,7 +160,7 @@ class Family:
         mlflow.set_tracking_uri(ctx["tracking_uri"])
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
                               parent_run_id=ctx["parent_run_id"]):
-            mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg)})
+            mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg, len(s.fit))})
             mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
                              "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
             fitted = self.fit(s.fit, s.val, s.fit.iloc[:0], feature_columns(table), cfg)

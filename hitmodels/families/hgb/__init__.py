@@ -118,7 +118,7 @@ class HGBFamily(Family):
         return HGBModel(pre, parts["reg"], parts.get("cls"), meta["classes"], meta["thresholds"],
                         meta.get("conformal"), meta.get("config", "hgb"), meta.get("params"))
 
-    def params(self, cfg: TrainConfig) -> dict:
+    def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
         return {f"hgb.{k}": v for k, v in {**DEFAULTS, **cfg.params}.items()}
 
     def describe(self, cfg: TrainConfig) -> str:

@@ -54,8 +54,11 @@ class HitMusicNetFamily(Family):
     def load(self, directory: Path) -> _model.HitMusicPyfunc:
         return _model.HitMusicPyfunc(*_model.load_bundle(Path(directory)))
 
-    def params(self, cfg: TrainConfig) -> dict:
-        return {k: v for k, v in asdict(cfg).items() if k not in ("family", "params")}
+    def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
+        from .fit import effective_batch_size
+
+        return {**{k: v for k, v in asdict(cfg).items() if k not in ("family", "params")},
+                **({"effective_batch_size": effective_batch_size(cfg.batch_size, n_fit)} if n_fit else {})}
 
     def describe(self, cfg: TrainConfig) -> str:
         return (f"HitMusicNet {cfg.name} (code δ {cfg.delta:.3f}, MusicPopNet {cfg.optimizer} + "

@@ -97,7 +97,7 @@ class LassoFamily(Family):
         return LassoModel(Preprocessor(**m["preprocess"]), m["coef"], m["intercept"], m["alpha"], m["classifier"],
                           m["thresholds"], m.get("conformal"), m.get("config", "lasso"))
 
-    def params(self, cfg: TrainConfig) -> dict:
+    def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
         return {f"lasso.{k}": v for k, v in {**DEFAULTS, **cfg.params}.items()}
 
     def describe(self, cfg: TrainConfig) -> str:
