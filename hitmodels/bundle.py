@@ -28,8 +28,15 @@ FORMAT = 1
 LEGACY = {"format": 0, "family": "hitmusicnet", "files": ["weights.pt", "arch.json", "preprocess.json"]}
 
 
+def feature_config_of(table) -> FeatureConfig:
+    """The extraction settings a model table records (``attrs``, kept in its Parquet file by ``hitmusic
+    build``); this version's defaults for tables from before they were recorded."""
+    return FeatureConfig.from_dict(getattr(table, "attrs", {}).get("feature_config"))
+
+
 def write_bundle(directory: Path, model: RowModel, feature_config: FeatureConfig | None = None) -> list[str]:
-    """Save ``model`` with its family's writer and the manifest; returns the file names written."""
+    """Save ``model`` with its family's writer and the manifest (``feature_config``: the settings its
+    training table's features were extracted with); returns the file names written."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     family = families.get(model.family)
@@ -70,6 +77,8 @@ def load_bundle(directory: Path) -> RowModel:
     """The model saved in ``directory``, built by its family's loader."""
     manifest = read_manifest(directory)
     model = families.get(manifest["family"]).load(Path(directory))
+    # what Serve and batch scoring extract features of new audio with, as the training table was
+    model.feature_config = FeatureConfig.from_dict(manifest.get("feature_config"))
     columns = manifest.get("input", {}).get("columns")
     if columns is not None and list(columns) != list(model.columns):
         raise ValueError("bundle manifest and model disagree on the input columns")

@@ -53,6 +53,17 @@ class FeatureConfig:
     min_duration_s: float = 1.0
     silence_rms: float = 1e-4
 
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "FeatureConfig":
+        """The settings a table or bundle recorded (``None``: this version's defaults); unknown keys are an error,
+        since features extracted with settings this code does not know would not be reproduced."""
+        if not d:
+            return cls()
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown feature settings {unknown}")
+        return cls(**d)
+
 
 def _env_list(name: str, sep: str = ",") -> tuple[str, ...]:
     return tuple(v.strip() for v in os.environ.get(name, "").split(sep) if v.strip())

@@ -1,12 +1,13 @@
 """Metrics for popularity predictions. Arrays in, floats out; popularity is on its 0-100 scale in the inputs
 and MAE/MSE are reported on popularity / 100 as in the HitMusicNet paper.
 
-Ranking metrics follow Yu et al. (ICASSP 2018, "Hit song prediction ... Siamese CNN"), who score the top 10 %
-of the test songs. Our exact reading (see :func:`ranking_metrics`): the "top" set is the ``k = ceil(f·n)``
-test rows with the highest *true* popularity (ties at the boundary broken by row order);
+Ranking metrics follow Yu et al. (ICASSP 2018, "Hit song prediction ... Siamese CNN"), who score the top 10 % of
+the test songs. Our exact reading (see :func:`ranking_metrics`): the "top" set is the ``k = ceil(f·n)`` test rows
+with the highest *true* popularity, plus every row tied with the k-th (ties at the boundary stay together);
 
-- ``ndcg_topF``: nDCG@k of the ranking by *predicted* popularity, with relevance 1 for rows in the top set and
-  0 otherwise (so a random ranking scores about ``f`` and a perfect one 1, the scale of their Table 1);
+- ``ndcg_topF``: nDCG over that set's size of the ranking by *predicted* popularity, with graded relevance: a
+  top row's true popularity, 0 for the others (a perfect ranking scores 1; ties in the prediction are averaged,
+  as scikit-learn's ``ndcg_score`` does);
 - ``kendall_topF`` / ``spearman_topF``: Kendall's tau-b / Spearman's rho between true and predicted
   popularity *within* the top set (random: about 0).
 """
@@ -40,17 +41,27 @@ def top_tag(top_fraction: float) -> str:
     return f"top{round(top_fraction * 100):d}"
 
 
+def top_rows(y_true: np.ndarray, top_fraction: float = 0.1) -> np.ndarray:
+    """Positions of the top ``top_fraction`` of rows by true score, ``k = ceil(f·n)`` (at least 2), with every
+    row tied with the k-th kept in: the set can be larger than k, never split among equal scores."""
+    t = np.asarray(y_true, float)
+    k = min(len(t), max(2, math.ceil(top_fraction * len(t))))
+    boundary = np.sort(t)[::-1][k - 1]
+    return np.flatnonzero(t >= boundary)
+
+
 def ranking_metrics(y_true: np.ndarray, y_pred: np.ndarray, top_fraction: float = 0.1) -> dict[str, float]:
-    """nDCG, Kendall's tau and Spearman's rho on the top ``top_fraction`` of rows by true popularity."""
+    """nDCG, Kendall's tau and Spearman's rho on the top ``top_fraction`` of rows by true popularity
+    (:func:`top_rows`): nDCG@m with m the size of that set, graded relevance (a top row's relevance is its
+    true score, every other row's 0) over the ranking by prediction, so a perfect ranking scores 1."""
     t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
     tag = top_tag(top_fraction)
-    k = min(len(t), max(2, math.ceil(top_fraction * len(t))))
     if len(t) < 2:
         return {f"ndcg_{tag}": 0.0, f"kendall_{tag}": 0.0, f"spearman_{tag}": 0.0}
-    top = np.argsort(-t, kind="stable")[:k]
-    relevant = np.zeros(len(t))
-    relevant[top] = 1.0
-    ndcg = skm.ndcg_score(relevant[None, :], p[None, :], k=k)
+    top = top_rows(t, top_fraction)
+    relevance = np.zeros(len(t))
+    relevance[top] = t[top]
+    ndcg = skm.ndcg_score(relevance[None, :], p[None, :], k=len(top)) if relevance.any() else 0.0
     tt, pt = t[top], p[top]
     varied = np.ptp(tt) > 0 and np.ptp(pt) > 0
     tau = stats.kendalltau(tt, pt).statistic if varied else 0.0

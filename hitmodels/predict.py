@@ -17,7 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from .config import CLASS_NAMES, CLASS_THRESHOLDS
+from .config import CLASS_NAMES, CLASS_THRESHOLDS, FeatureConfig
 
 # Arithmetic at scoring time (RowModel.predict_array); each family says which it supports.
 PRECISIONS = ("fp32", "bf16")
@@ -154,9 +154,10 @@ class RowModel(mlflow.pyfunc.PythonModel):
     """A fitted model on feature rows: preprocessing, the family's scores, the conformal interval and classes.
 
     Output columns (:attr:`outputs`, in this order): ``popularity`` (0-100), ``popularity_lower`` and
-    ``popularity_upper`` when calibrated, ``class`` (low/medium/high) and, when the family has a 3-class
-    head, ``p_low``, ``p_medium``, ``p_high``; ``class`` is then that head's most probable class, otherwise
-    the class of the predicted popularity. The same object answers batch scoring and Serve, so both give
+    ``popularity_upper`` when calibrated, ``class`` (low/medium/high), ``popularity_class`` (the class the
+    predicted popularity falls in) and, when the family has a 3-class head, ``p_low``, ``p_medium``,
+    ``p_high``; ``class`` is then that head's most probable class (which can differ from
+    ``popularity_class``: two models answer), otherwise it equals ``popularity_class``. The same object answers batch scoring and Serve, so both give
     identical numbers.
     """
 
@@ -166,6 +167,8 @@ class RowModel(mlflow.pyfunc.PythonModel):
     def __init__(self, pre: Preprocessor, thresholds=CLASS_THRESHOLDS, conformal: dict | None = None,
                  config: str = "custom"):
         self.pre, self.thresholds, self.conformal, self.config = pre, list(thresholds), conformal, config
+        # the extraction settings of its training features (set from the bundle's manifest when loaded)
+        self.feature_config = FeatureConfig()
 
     @property
     def columns(self) -> list[str]:
@@ -180,7 +183,7 @@ class RowModel(mlflow.pyfunc.PythonModel):
     def outputs(self) -> list[str]:
         """The output columns, in the order :meth:`predict_array` gives them."""
         return (["popularity"] + (["popularity_lower", "popularity_upper"] if self.conformal else [])
-                + ["class"] + ([f"p_{c}" for c in CLASS_NAMES] if self.has_classes else []))
+                + ["class", "popularity_class"] + ([f"p_{c}" for c in CLASS_NAMES] if self.has_classes else []))
 
     def scores(self, x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The family's part: scaled features ``(n, n_columns)`` float32 -> popularity / 100 ``(n,)`` and
@@ -226,11 +229,13 @@ class RowModel(mlflow.pyfunc.PythonModel):
         out = {"popularity": pop}
         if self.conformal is not None:
             out["popularity_lower"], out["popularity_upper"] = SplitConformal(**self.conformal).interval(pop)
+        # two answers that can differ: the class head's most probable class, and the class that the predicted
+        # popularity falls in; both are given, named apart, so that no answer contradicts itself
+        of_popularity = popularity_class(pop, tuple(self.thresholds))
+        out["class"] = np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(1)] if proba is not None else of_popularity
+        out["popularity_class"] = of_popularity
         if proba is not None:
-            out["class"] = np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(1)]
             out.update({f"p_{name}": proba[:, i] for i, name in enumerate(CLASS_NAMES)})
-        else:
-            out["class"] = popularity_class(pop, tuple(self.thresholds))
         return out
 
     def calibrate(self, rows: pd.DataFrame, coverage: float) -> None:

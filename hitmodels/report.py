@@ -78,7 +78,8 @@ def markdown(result: CVResult, plots: dict[str, str]) -> str:
         cls_rows.append([m, _cell(s, m, "val", "accuracy", 100, 1), _cell(s, m, "val", "f1_macro", 100, 1),
                          _published(m, "accuracy", 100, 2), _published(m, "f1_macro", 100, 2),
                          _cell(s, m, "test", "accuracy", 100, 1), _cell(s, m, "test", "f1_macro", 100, 1),
-                         _cell(s, m, "test", "bin_f1_macro", 100, 1), _published(m, "bin_f1_macro", 100, 1)])
+                         _cell(s, m, "test", "bin_f1_macro", 100, 1), _published(m, "bin_f1_macro", 100, 1),
+                         _cell(s, m, "test", "class_agreement", 100, 1)])
     thr = ", ".join(f"{t:g}" for t in result.thresholds)
     text = [
         "# HitMusicNet evaluation",
@@ -100,16 +101,19 @@ def markdown(result: CVResult, plots: dict[str, str]) -> str:
         "3 classes: HitMusicNet's softmax MusicPopNet, HistGradientBoosting's classifier, or the class of the "
         "predicted popularity for the linear regressions. 2 classes: popularity at or above the training median "
         "vs. below (for regressors: the predicted popularity thresholded there). Published accuracies are "
-        "the paper's validation figures; its LDA/MLP figures come from other datasets.",
+        "the paper's validation figures; its LDA/MLP figures come from other datasets. The last column is how "
+        "often a model's 3-class answer (`class`) is the class its own predicted popularity falls in "
+        "(`popularity_class`): models with a class head answer with two models, which can disagree.",
         "",
         _table(["model", "val acc. (3) %", "val F1 (3) %", "published acc. %", "published F1 %",
-                "test acc. (3) %", "test F1 (3) %", "test F1 (2) %", "published F1 (2) %"], cls_rows),
+                "test acc. (3) %", "test F1 (3) %", "test F1 (2) %", "published F1 (2) %",
+                "class = class of popularity %"], cls_rows),
         "",
         f"## Ranking of the top {pct} (Yu et al., ICASSP 2018)",
         "",
-        f"Top {pct} of the test rows by true popularity; nDCG with binary relevance of those rows over the "
-        f"ranking by prediction (random ≈ {ev['top_fraction']:.2f}), Kendall's tau-b and Spearman's rho within "
-        f"them (random ≈ 0). For scale only (another dataset): the Siamese CNN's best row reports nDCG "
+        f"Top {pct} of the test rows by true popularity (rows tied at the boundary kept together); nDCG over "
+        f"the ranking by prediction with graded relevance (a top row's true popularity, others 0; perfect 1), "
+        f"Kendall's tau-b and Spearman's rho within them (random ≈ 0). For scale only (another dataset): the Siamese CNN's best row reports nDCG "
         f"{SIAMESE_BEST['ndcg']}, Kendall {SIAMESE_BEST['kendall']}, Spearman {SIAMESE_BEST['spearman']}.",
         "",
         _table(["model", f"nDCG@{pct}", f"Kendall@{pct}", f"Spearman@{pct}"], rank_rows),

@@ -29,7 +29,7 @@ from mlflow.models import infer_signature
 from sklearn.model_selection import train_test_split
 
 from . import families
-from .bundle import bundle_artifacts, load_bundle, write_bundle
+from .bundle import bundle_artifacts, feature_config_of, load_bundle, write_bundle
 from .config import CLASS_NAMES, FEATURE_SCHEMA_VERSION, TrainConfig
 from .config import tracking_uri as resolve_tracking_uri
 from .data import feature_columns, training_rows
@@ -126,6 +126,9 @@ def score(truth: np.ndarray, out: pd.DataFrame, thresholds: tuple[float, float],
         m.update({f"thr_{k}": v for k, v in class_metrics(truth, pop, thresholds).items()})
     if "class" in out:
         m.update(label_metrics(popularity_class(truth, thresholds), out["class"].to_numpy(), list(CLASS_NAMES)))
+        if "popularity" in out:  # how often the class head agrees with the class of the predicted popularity
+            agree = out["class"].to_numpy() == popularity_class(out["popularity"].to_numpy(float), thresholds)
+            m["class_agreement"] = float(agree.mean()) if len(agree) else 1.0
     elif "popularity" in out:
         m.update({k: m[f"thr_{k}"] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")})
     binary = out["above_median"].to_numpy(bool) if "above_median" in out else \
@@ -170,6 +173,7 @@ def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: s
     fam = families.get(cfg.family)
     fam.check(cfg)
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    feature_config = feature_config_of(table)
     table = training_rows(table)
     columns = feature_columns(table)
     if len(table) < 20:
@@ -182,7 +186,7 @@ def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: s
             fit_rows, val_rows = pd.concat([s.fit, s.val], ignore_index=True), s.val.iloc[:0]
         fitted = fam.fit(fit_rows, val_rows, s.calib, columns, cfg, log=True)
         with tempfile.TemporaryDirectory() as tmp:
-            write_bundle(Path(tmp), fitted.model)
+            write_bundle(Path(tmp), fitted.model, feature_config)
             result = register_bundle(Path(tmp), table, cfg, tracking_uri, tags={
                 **(tags or {}), "fit_seconds": f"{fitted.seconds:.2f}"},
                 counts={"train": len(fit_rows), "val": len(val_rows), "calib": len(s.calib)})

@@ -22,7 +22,10 @@ def run(features_dir: str | Path, catalogue: str | Path, out: str | Path) -> Pat
     cat = load_spd(catalogue)
     for r in cat.rejects.itertuples():
         print(f"build: skipped {r.file} line {r.line}: {r.reason}", file=sys.stderr)
-    table = build_model_table(read_features(features_dir), cat)
+    features = read_features(features_dir)
+    table = build_model_table(features, cat)
+    # the extraction settings travel with the table (pandas keeps attrs in the Parquet file) into every bundle
+    table.attrs = {k: v for k, v in features.attrs.items() if k == "feature_config"}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out, index=False)

@@ -30,9 +30,11 @@ state API and dashboard.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,7 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
     policy = policy or InputPolicy.for_manifest(manifest)
     init_ray()
     out_dir = Path(out_dir)
+    record_feature_config(out_dir, cfg)
     df = read_manifest(manifest)
     n_in = len(df)
     df = df.drop_duplicates("track_id")
@@ -295,10 +298,33 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
     return counts
 
 
+FEATURE_CONFIG_FILE = "_feature_config.json"  # the leading underscore keeps it out of Arrow's discovery
+
+
+def record_feature_config(out_dir: Path, cfg: FeatureConfig) -> None:
+    """Write the settings features are extracted with beside them; resuming with other settings is refused,
+    since one table would then hold features that mean different things."""
+    path = Path(out_dir) / FEATURE_CONFIG_FILE
+    if path.is_file():
+        before = FeatureConfig.from_dict(json.loads(path.read_text()))
+        if before != cfg:
+            changed = {k: (getattr(before, k), getattr(cfg, k)) for k in asdict(cfg) if getattr(before, k) != getattr(cfg, k)}
+            raise ValueError(f"{out_dir} holds features extracted with other settings {changed} (before, now): "
+                             "extract into a new directory")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cfg)))
+
+
 def read_features(out_dir: str | Path) -> pd.DataFrame:
-    """The feature table written by :func:`run` (all parts), one row per track."""
+    """The feature table written by :func:`run` (all parts), one row per track; ``attrs["feature_config"]``
+    holds the settings they were extracted with (absent for directories from before they were recorded)."""
     files = [str(f) for f in part_files(Path(out_dir))]
-    return pads.dataset(files, format="parquet").to_table().to_pandas().drop_duplicates("track_id")
+    df = pads.dataset(files, format="parquet").to_table().to_pandas().drop_duplicates("track_id")
+    path = Path(out_dir) / FEATURE_CONFIG_FILE
+    if path.is_file():
+        df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(path.read_text())))
+    return df
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

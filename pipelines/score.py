@@ -42,6 +42,7 @@ from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
 from hitmodels.services import init_ray
 
 BASE_COLUMNS = [("track_id", pa.string()), ("popularity", pa.float64()), ("class", pa.string())]
+TEXT_OUTPUTS = ("class", "popularity_class")  # outputs that are class names; every other one is a number
 TAIL_COLUMNS = [("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string())]
 
 
@@ -58,7 +59,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def output_schema(model_outputs: list[str]) -> pa.Schema:
     """Fixed output schema: base columns, then every other model output as float64, then bookkeeping."""
-    extra = [(c, pa.float64()) for c in model_outputs if c not in ("popularity", "class")]
+    extra = [(c, pa.string() if c in TEXT_OUTPUTS else pa.float64()) for c in model_outputs
+             if c not in ("popularity", "class")]
     return pa.schema(BASE_COLUMNS + extra + TAIL_COLUMNS)
 
 
@@ -309,7 +311,7 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
     metadata_only = [c for c in columns if c not in have]
     extract = None
     if metadata_only and "audio_uri" in have:
-        extract = FeatureConfig()
+        extract = model.feature_config  # as the training table's features were extracted
     elif metadata_only:
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")

@@ -82,7 +82,10 @@ class Prediction(BaseModel):
     popularity: float = Field(..., description="predicted popularity, 0-100")
     popularity_lower: float | None = Field(None, description="lower end of the conformal interval")
     popularity_upper: float | None = Field(None, description="upper end of the conformal interval")
-    cls: str = Field(..., alias="class", description="low / medium / high")
+    cls: str = Field(..., alias="class", description="low / medium / high: the class head's most probable class "
+                                                    "(models without one: the class of popularity)")
+    popularity_class: str | None = Field(None, description="the class the predicted popularity falls in; can "
+                                                            "differ from class, which another model answers")
     p_low: float | None = None
     p_medium: float | None = None
     p_high: float | None = None
@@ -211,10 +214,11 @@ def row_problems(i: int, row: dict[str, Any], columns: list[str]) -> list[dict]:
     return problems
 
 
-def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSettings = ServeSettings()
-                      ) -> dict[str, float]:
-    """Features of an uploaded preview, computed as the batch pipeline does; 422 naming the field and the
-    reason if the audio is unusable or longer than ``max_duration_s``, or the lyrics exceed their bounds."""
+def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSettings = ServeSettings(),
+                      cfg=None) -> dict[str, float]:
+    """Features of an uploaded preview, computed as the batch pipeline does with ``cfg`` (the served model's
+    :class:`~hitmodels.config.FeatureConfig`, recorded in its bundle); 422 naming the field and the reason if
+    the audio is unusable or longer than ``max_duration_s``, or the lyrics exceed their bounds."""
     from hitmodels import audio, lyrics
     from hitmodels.config import FeatureConfig, InputPolicy
 
@@ -224,7 +228,7 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSe
         lyrics.check_bounds(lyric_text, policy.max_lyric_chars, policy.max_lyric_lines)
     except lyrics.LyricsError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "lyrics"], "msg": str(exc), "reason": exc.reason}])
-    cfg = FeatureConfig()
+    cfg = cfg or FeatureConfig()
     try:
         y, sr = audio.decode(data, cfg.sr, name=name, max_duration_s=policy.max_duration_s)
         audio.check_usable(y, sr, cfg, name=name)
@@ -442,7 +446,8 @@ class HitMusicService:
         except ValueError as exc:
             raise HTTPException(422, detail=[{"loc": ["body", "metadata"], "msg": f"invalid JSON object: {exc}"}])
         # feature extraction takes a few hundred ms of CPU: keep it off the event loop
-        row = await asyncio.to_thread(audio_feature_row, data, file.filename or "upload", lyrics, self.settings)
+        row = await asyncio.to_thread(audio_feature_row, data, file.filename or "upload", lyrics, self.settings,
+                                      self.holder.served.model.feature_config)
         columns = self.holder.served.columns
         unknown = sorted(set(meta) - set(columns))
         if unknown:

@@ -72,8 +72,8 @@ def test_classical_family_round_trips_as_data_and_answers_every_output(name, tmp
     loaded = load_bundle(tmp_path)
     a, b = model.predict(None, s.test), loaded.predict(None, s.test)
     pd.testing.assert_frame_equal(a, b)
-    assert list(a.columns) == ["popularity", "popularity_lower", "popularity_upper", "class", "p_low",
-                               "p_medium", "p_high"]
+    assert list(a.columns) == ["popularity", "popularity_lower", "popularity_upper", "class",
+                               "popularity_class", "p_low", "p_medium", "p_high"]
     assert a["popularity"].between(0, 100).all()
     assert np.allclose(a[["p_low", "p_medium", "p_high"]].sum(1), 1)
     # it learnt: far better than predicting the training mean on held-out rows
@@ -351,3 +351,45 @@ def test_versions_registered_before_families_still_load(tmp_path):
                                   .predict(None, rows), expected)
     pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(f"models:/legacy/{info.registered_model_version}")
                                   .predict(rows), expected)
+
+
+def test_answers_name_both_classes_and_the_class_of_popularity_is_exact():
+    from hitmodels.predict import popularity_class
+
+    table = learnable(300)
+    for name in CLASSICAL:
+        s, fitted = fit(name, table)
+        out = fitted.model.predict(None, s.test)
+        assert list(out["popularity_class"]) == list(popularity_class(out["popularity"].to_numpy(),
+                                                                      tuple(fitted.model.thresholds)))
+        _, plain = fit(name, table, TrainConfig(classifier=False))  # no class head: one answer
+        out = plain.model.predict(None, s.test)
+        assert list(out["class"]) == list(out["popularity_class"]) and "p_low" not in out
+
+
+def test_the_feature_settings_of_the_training_table_travel_in_the_bundle(tmp_path):
+    from dataclasses import asdict
+
+    from hitmodels.config import FeatureConfig
+    from hitmodels.registry import ModelRef, load_model
+    from hitmodels.train import train
+    from pipelines.extract import read_features, record_feature_config
+
+    cfg = FeatureConfig(sr=22050, n_mfcc=20)
+    features = tmp_path / "features"
+    record_feature_config(features, cfg)
+    record_feature_config(features, cfg)  # resuming with the same settings is fine
+    with pytest.raises(ValueError, match="other settings .*n_mfcc"):
+        record_feature_config(features, FeatureConfig(sr=22050))
+    learnable(40).to_parquet(features / "part-0.parquet")
+    assert read_features(features).attrs["feature_config"] == asdict(cfg)
+    table = learnable(200)
+    table.attrs["feature_config"] = asdict(cfg)
+    table.to_parquet(tmp_path / "table.parquet")  # as hitmusic build writes it: the settings in the file
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(pd.read_parquet(tmp_path / "table.parquet"),
+                   TrainConfig(family="lasso", name="lasso", model_name="fc-test", experiment="fc-test"), uri)
+    assert load_model(ModelRef("fc-test", result.version), uri).feature_config == cfg
+    # a table from before the settings were recorded: this version's defaults
+    result = train(learnable(200), TrainConfig(family="lasso", model_name="fc-test", experiment="fc-test"), uri)
+    assert load_model(ModelRef("fc-test", result.version), uri).feature_config == FeatureConfig()

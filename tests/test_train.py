@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 
 from hitmodels.config import CLASS_THRESHOLDS, PAPER_CONFIGS, EvaluateConfig, TrainConfig, paper_config
 from hitmodels.data import feature_columns
-from hitmodels.evaluate import interval_metrics, label_metrics, ranking_metrics, regression_metrics
+from hitmodels.evaluate import interval_metrics, label_metrics, ranking_metrics, regression_metrics, top_rows
 from hitmodels.families.hitmusicnet.network import HitMusicNet, ae_sizes, popnet_sizes
 from hitmodels.predict import Preprocessor, SplitConformal, class_thresholds, popularity_class
 from hitmodels.crossval import cross_validate
@@ -101,20 +101,32 @@ def test_ranking_metrics_by_hand():
     pred = truth.copy()
     pred[1], pred[2] = truth[2], truth[1]  # relevant row 1 falls to rank 3, outside the top k = 2
     m = ranking_metrics(truth, pred)
-    assert m["ndcg_top10"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    # graded relevance: row 0 (95) first, then a row outside the top set, of an ideal 95 + 90 / log2(3)
+    assert m["ndcg_top10"] == pytest.approx(95 / (95 + 90 / math.log2(3)))
     # within the top two, 95 > 85 keeps the order of 95 > 90
     assert m["kendall_top10"] == pytest.approx(1.0)
     swapped = truth.copy()
     swapped[0], swapped[1] = truth[1], truth[0]
     m = ranking_metrics(truth, swapped)
-    assert m["ndcg_top10"] == pytest.approx(1.0) and m["kendall_top10"] == pytest.approx(-1.0)
+    assert m["ndcg_top10"] == pytest.approx((90 + 95 / math.log2(3)) / (95 + 90 / math.log2(3)))
+    assert m["kendall_top10"] == pytest.approx(-1.0)
+    # ties at the boundary stay together: the top 10 % of 20 rows is 2, but three rows share the 2nd score
+    tied = np.array([90, 80, 80, 80] + [10] * 16, dtype=float)
+    assert list(top_rows(tied, 0.1)) == [0, 1, 2, 3]
+    assert ranking_metrics(tied, tied)["ndcg_top10"] == pytest.approx(1.0)
+    noisy = tied + np.linspace(0, 1, 20)[::-1] * 1e-3  # the same order, ties broken
+    assert ranking_metrics(tied, noisy)["ndcg_top10"] == pytest.approx(1.0)
+    late = tied.copy()
+    late[3] = 5  # a tied top row ranked last: counted (k is the set's size, 4), so the score drops
+    expected = (90 + 80 / math.log2(3) + 80 / 2) / (90 + 80 / math.log2(3) + 80 / 2 + 80 / math.log2(5))
+    assert ranking_metrics(tied, late)["ndcg_top10"] == pytest.approx(expected)
     rng = np.random.default_rng(1)
     t, p = rng.uniform(0, 100, 300), rng.uniform(0, 100, 300)
     m = ranking_metrics(t, p, 0.2)
     top = np.argsort(-t)[:60]
     assert m["kendall_top20"] == pytest.approx(stats.kendalltau(t[top], p[top]).statistic)
     assert m["spearman_top20"] == pytest.approx(stats.spearmanr(t[top], p[top]).statistic)
-    rel = np.isin(np.arange(300), top).astype(float)
+    rel = np.where(np.isin(np.arange(300), top), t, 0.0)
     assert m["ndcg_top20"] == pytest.approx(skm.ndcg_score(rel[None], p[None], k=60))
 
 
@@ -258,8 +270,8 @@ def test_registered_model_answers_interval_and_class_probabilities(tmp_path):
     model = mlflow.pyfunc.load_model(f"models:/train-test/{result.version}")
     assert model.unwrap_python_model().model.columns == feature_columns(table)
     out = model.predict(table.head(7))
-    assert list(out.columns) == ["popularity", "popularity_lower", "popularity_upper", "class", "p_low",
-                                 "p_medium", "p_high"]
+    assert list(out.columns) == ["popularity", "popularity_lower", "popularity_upper", "class",
+                                 "popularity_class", "p_low", "p_medium", "p_high"]
     assert out["popularity"].between(0, 100).all()
     assert (out["popularity_lower"] <= out["popularity"]).all() and (out["popularity"] <= out["popularity_upper"]).all()
     assert out["popularity_lower"].ge(0).all() and out["popularity_upper"].le(100).all()

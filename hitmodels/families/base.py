@@ -114,20 +114,21 @@ class Family:
         (the classical families are single-process)."""
         import ray
 
-        from hitmodels.bundle import read_bundle_files, write_bundle
+        from hitmodels.bundle import feature_config_of, read_bundle_files, write_bundle
 
         @ray.remote(num_cpus=1)
         def fit_remotely(table_path: str, cfg: TrainConfig) -> dict[str, bytes]:
             from hitmodels.data import feature_columns, training_rows
             from hitmodels.train import retrain_rows
 
-            table = training_rows(pd.read_parquet(table_path))
+            raw = pd.read_parquet(table_path)
+            table = training_rows(raw)
             fit, stop, calib = retrain_rows(table, cfg)
             if not self.early_stops:  # nothing to stop on: the held-back rows are fitted on too
                 fit, stop = pd.concat([fit, stop], ignore_index=True), stop.iloc[:0]
             fitted = self.fit(fit, stop, calib, feature_columns(table), cfg)
             with tempfile.TemporaryDirectory() as tmp:
-                write_bundle(Path(tmp), fitted.model)
+                write_bundle(Path(tmp), fitted.model, feature_config_of(raw))
                 return read_bundle_files(Path(tmp))
 
         start = time.perf_counter()

@@ -131,14 +131,15 @@ def retrain_loop(config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from hitmodels.bundle import write_bundle
+    from hitmodels.bundle import feature_config_of, write_bundle
     from hitmodels.data import feature_columns, training_rows
     from hitmodels.train import retrain_rows
 
     from .fit import fit_model
 
     cfg = TrainConfig(**config["cfg"])
-    table = training_rows(pd.read_parquet(config["table"]))
+    raw = pd.read_parquet(config["table"])
+    table = training_rows(raw)
     fit, stop, calib = retrain_rows(table, cfg)
     par = ray_parallel()
     fitted = fit_model(fit, stop, calib, feature_columns(table), cfg, parallel=par)
@@ -156,7 +157,7 @@ def retrain_loop(config: dict) -> None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        write_bundle(Path(tmp), fitted.model)
+        write_bundle(Path(tmp), fitted.model, feature_config_of(raw))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
