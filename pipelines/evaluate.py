@@ -32,7 +32,7 @@ import pandas as pd
 
 from hitmodels.baselines import LABELS
 from hitmodels.entry import module_main
-from hitmodels.config import PAPER_CONFIGS, EvaluateConfig, TrainConfig, default_home
+from hitmodels.config import CONFIGS, EvaluateConfig, TrainConfig, default_home
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from pipelines.train import add_fit_arguments, fit_settings
 
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="report directory (default $HITMUSIC_HOME/report)")
     p.add_argument("--configs", default=",".join(e.configs),
                    help=f"paper configurations to run (default {','.join(e.configs)}; any of "
-                        f"{', '.join(PAPER_CONFIGS)})")
+                        f"{', '.join(CONFIGS)})")
     p.add_argument("--baselines", default=",".join(e.baselines),
                    help=f"baselines to run, '' for none (default {','.join(e.baselines)})")
     p.add_argument("--folds", type=int, default=e.n_folds, help=f"CV folds (default {e.n_folds})")
@@ -122,7 +122,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     from hitmodels.report import PUBLISHED, write_report
     from hitmodels.crossval import cross_validate
 
-    configs = _names(args.configs, PAPER_CONFIGS, "configuration")
+    configs = _names(args.configs, CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")
     base = TrainConfig(**fit_settings(args))
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,

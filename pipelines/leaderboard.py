@@ -4,7 +4,8 @@ model the system can make on this table, whatever its family.
     python -m pipelines.leaderboard TABLE [--families hitmusicnet,lasso,hgb] [--json]
     hitmusic leaderboard .hitmusic/model_table.parquet --promote if-better
 
-Every family is trained by the same code as ``hitmusic train --family F`` on the same fit / validation /
+Every family is trained by the same code as ``hitmusic train --family F``, in its default configuration
+(HitMusicNet: the small-table variant 1-S), on the same fit / validation /
 calibration / test split (``--seed``, the split settings of :class:`~hitmodels.config.TrainConfig`), and
 registered as a new version of ``--model-name`` (each version stores its test rows' track ids and the
 dataset fingerprint). The table compares them on the held-out test rows: MAE (popularity / 100), R²,
@@ -86,7 +87,7 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
         raise ValueError(f"the families are selected on different metrics {sorted(metrics)}: no common ranking")
     metric, higher = metrics.pop()
     for f in fams:  # every configuration checked before the first fit
-        f.check(replace(base, family=f.name))
+        f.check(f.default_config(replace(base, family=f.name)))
     tracking_uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     table = pd.read_parquet(table_path)
@@ -101,7 +102,7 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
     try:
         for f in fams:
             progress(f"fitting {f.label} ...")
-            cfg = replace(base, family=f.name, name=f.name if f.name != "hitmusicnet" else base.name)
+            cfg = f.default_config(replace(base, family=f.name, name=f.name))
             result = train(table, cfg, tracking_uri, parent_run_id=parent_id, tags={"leaderboard_run": parent_id})
             rows.append(row_of(result))
             progress(f"{f.label}: version {result.version}, test MAE {result.metrics['test_mae']:.4f} "

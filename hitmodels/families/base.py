@@ -59,6 +59,10 @@ class Family:
     defaults: dict = {}  # the family's own settings (``TrainConfig.params``) and their defaults
     early_stops: bool = False  # whether fit() uses the validation rows (else they may be fitted on)
 
+    def default_config(self, base: TrainConfig) -> TrainConfig:
+        """The configuration ``hitmusic train`` and the leaderboard use when none is named."""
+        return replace(base, family=self.name)
+
     def check(self, cfg: TrainConfig) -> None:
         """Refuse a configuration this family cannot fit, before any work (``ValueError`` naming it)."""
         unknown = sorted(set(cfg.params) - set(self.defaults))

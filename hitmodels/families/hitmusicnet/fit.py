@@ -39,10 +39,20 @@ OPTIMISERS = {
 }
 
 
-def make_optimizer(name: str, params, lr: float | None) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float | None, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The named optimiser (Keras' learning rate unless ``lr``); with ``weight_decay`` > 0, Adam becomes
+    AdamW (decoupled decay) and the others take it as their L2 penalty."""
     if name not in OPTIMISERS:
         raise ValueError(f"unknown optimiser {name!r}; choose from {sorted(OPTIMISERS)}")
-    return OPTIMISERS[name](params, KERAS_LR[name] if lr is None else lr)
+    lr = KERAS_LR[name] if lr is None else lr
+    if weight_decay > 0:
+        if name == "adam":
+            return torch.optim.AdamW(params, lr=lr, eps=1e-7, weight_decay=weight_decay)
+        opt = OPTIMISERS[name](params, lr)
+        for group in opt.param_groups:
+            group["weight_decay"] = weight_decay
+        return opt
+    return OPTIMISERS[name](params, lr)
 
 
 def effective_batch_size(batch_size: int, n_train: int, min_steps: int = 10) -> int:
@@ -120,7 +130,7 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
                        x_val: torch.Tensor, y_val: torch.Tensor, cfg: TrainConfig, epochs: int,
                        params=None, log_prefix: str | None = None, optimizer: str | None = None,
                        lr: float | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-                       parallel: Parallel | None = None) -> list[dict]:
+                       parallel: Parallel | None = None, val_loss_fn=None, weight_decay: float = 0.0) -> list[dict]:
     """Mini-batch training with early stopping on validation loss (patience ``cfg.patience``); restores the
     best weights. Returns the per-epoch history (``train_loss``, ``val_loss``), also logged to the active
     MLflow run when ``log_prefix`` is given and passed to ``on_epoch(epoch, row)``.
@@ -130,7 +140,8 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
     par = parallel or Parallel()
     trained = par.wrap(model)
     opt = make_optimizer(optimizer or cfg.optimizer, params if params is not None else model.parameters(),
-                         cfg.lr if optimizer is None else lr)
+                         cfg.lr if optimizer is None else lr, weight_decay)
+    val_loss_fn = val_loss_fn or loss_fn
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, waited, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
     n = len(x_train)
@@ -148,7 +159,7 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
             total += loss.detach().item() * len(idx)
         trained.eval()
         with torch.no_grad():
-            val = float(loss_fn(model(x_val), y_val))
+            val = float(val_loss_fn(model(x_val), y_val))
         train_loss, val = par.mean([total / n, val])
         history.append({"train_loss": train_loss, "val_loss": val})
         if log_prefix is not None and mlflow.active_run():
@@ -175,6 +186,37 @@ def class_loss_weights(labels: np.ndarray, scheme: str) -> np.ndarray:
     elif scheme != "none":
         raise ValueError(f"unknown class weighting {scheme!r}; choose 'none' or 'balanced'")
     return weights
+
+
+def fit_end_to_end(net: HitMusicNet, x_fit: torch.Tensor, y_fit: torch.Tensor, x_val: torch.Tensor,
+                   y_val: torch.Tensor, cfg: TrainConfig, log: bool, on_epoch, par: Parallel) -> list[dict]:
+    """The small-table variant's second stage: the pre-trained encoder, MusicPopNet and the linear path trained
+    together on MSE (+ ``skip_l1`` · |linear weights|₁, which keeps the linear path sparse as a Lasso is) with
+    ``weight_decay``, early-stopped on validation MAE. MusicPopNet's output starts at the mean target."""
+    last = net.pop.net[-1]
+    with torch.no_grad():
+        nn.init.zeros_(last.weight)
+        last.bias.fill_(float(y_fit.mean()))
+    net.ae.encoder.requires_grad_(True)
+    if net.cls is not None:  # not part of this stage (DDP wants every trainable parameter used)
+        net.cls.requires_grad_(False)
+    params = [p for m in (net.ae.encoder, net.pop, net.skip) if m is not None for p in m.parameters()]
+    mse = nn.MSELoss()
+
+    def loss(pred, y):
+        penalty = cfg.skip_l1 * net.skip.weight.abs().sum() if net.skip is not None and cfg.skip_l1 else 0.0
+        return mse(pred, y) + penalty
+
+    try:
+        return fit_early_stopping(net, loss, x_fit, y_fit, x_val, y_val, cfg, cfg.mlp_epochs, params=params,
+                                  log_prefix="pop_" if log else None, on_epoch=on_epoch, parallel=par,
+                                  val_loss_fn=lambda pred, y: (pred - y).abs().mean(),
+                                  weight_decay=cfg.weight_decay)
+    finally:
+        net.ae.requires_grad_(False)
+        if net.cls is not None:
+            net.cls.requires_grad_(True)
+        net.eval()
 
 
 def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.DataFrame, columns: list[str],
@@ -207,32 +249,43 @@ def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.Dat
         xt, xv = (torch.from_numpy(pre.transform(rows)).to(dev) for rows in (fit_rows, val_rows))
         pop_t, pop_v = fit_rows["popularity"].to_numpy(float), val_rows["popularity"].to_numpy(float)
         thresholds = class_thresholds(cfg.class_scheme, pop_t)
-        net = HitMusicNet(len(columns), cfg.delta, cfg.dropout, cfg.alphas, cfg.classifier)
+        net = HitMusicNet(len(columns), cfg.delta, cfg.dropout, cfg.alphas, cfg.classifier, cfg.standardise,
+                          cfg.skip_linear, cfg.min_width)
         # The variants' initialiser is MusicPopNet's; the autoencoder keeps Keras' default (Glorot uniform).
         initialise(net.ae, "glorot_uniform")
         initialise(net.pop, cfg.initialiser)
         if net.cls is not None:
             initialise(net.cls, cfg.initialiser)
+        if net.skip is not None:  # the linear path starts at zero: MusicPopNet alone at first
+            nn.init.zeros_(net.skip.weight)
+            nn.init.zeros_(net.skip.bias)
         net.to(dev)
+        net.fit_input_scaling(xt)
+        st, sv = net.inputs(xt), net.inputs(xv)  # what the autoencoder reconstructs (xt itself for the paper's)
         if par.world_size > 1:
             # Dropout masks should differ between shards; the starting weights are rank 0's anyway (DDP
             # broadcasts them when it wraps a module).
             torch.manual_seed(cfg.seed + par.rank)
         mse = nn.MSELoss()
-        history = {"ae": fit_early_stopping(net.ae, mse, share(xt), share(xt), xv, xv, cfg, cfg.ae_epochs,
+        history = {"ae": fit_early_stopping(net.ae, mse, share(st), share(st), sv, sv, cfg, cfg.ae_epochs,
                                             log_prefix="ae_" if log else None, optimizer=cfg.ae_optimizer,
                                             lr=cfg.ae_lr, on_epoch=hook("ae"), parallel=par)}
         net.ae.requires_grad_(False)
         net.eval()
         net.fit_code_scaling(xt)
-        # The encoder is frozen from here on, so its codes are computed once instead of every step.
-        with torch.no_grad():
-            ct, cv = net.code(xt), net.code(xv)
         yt = torch.tensor(pop_t / 100.0, dtype=torch.float32, device=dev)[:, None]
         yv = torch.tensor(pop_v / 100.0, dtype=torch.float32, device=dev)[:, None]
-        history["pop"] = fit_early_stopping(net.pop, mse, share(ct), share(yt), cv, yv, cfg, cfg.mlp_epochs,
-                                            log_prefix="pop_" if log else None, on_epoch=hook("pop"),
-                                            parallel=par)
+        if cfg.end_to_end:
+            history["pop"] = fit_end_to_end(net, share(xt), share(yt), xv, yv, cfg, log, hook("pop"), par)
+        else:
+            # The encoder is frozen from here on, so its codes are computed once instead of every step.
+            with torch.no_grad():
+                ct, cv = net.code(xt), net.code(xv)
+            history["pop"] = fit_early_stopping(net.pop, mse, share(ct), share(yt), cv, yv, cfg, cfg.mlp_epochs,
+                                                log_prefix="pop_" if log else None, on_epoch=hook("pop"),
+                                                parallel=par)
+        with torch.no_grad():
+            ct, cv = net.code(xt), net.code(xv)
         if net.cls is not None:
             lt, lv = class_labels(pop_t, thresholds), class_labels(pop_v, thresholds)
             weights = class_loss_weights(lt, cfg.class_weight)
@@ -245,7 +298,8 @@ def fit_model(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.Dat
         net.eval().cpu()
         meta = ModelMeta(d=len(columns), delta=cfg.delta, dropout=cfg.dropout, alphas=list(cfg.alphas),
                          classifier=cfg.classifier, class_scheme=cfg.class_scheme, thresholds=list(thresholds),
-                         config=cfg.name)
+                         config=cfg.name, standardise=cfg.standardise, skip_linear=cfg.skip_linear,
+                         min_width=cfg.min_width)
         fitted = Fitted(HitMusicPyfunc(net, pre, meta), history, shard=own)
         fitted.model.calibrate(calib_rows, cfg.coverage)
     fitted.seconds = time.perf_counter() - start

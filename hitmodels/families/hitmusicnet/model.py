@@ -32,9 +32,14 @@ class ModelMeta:
     conformal: dict | None = None
     config: str = "custom"
     arch_version: int = ARCH_VERSION
+    # the small-table variant's switches (absent, i.e. off, in bundles of the paper's configurations)
+    standardise: bool = False
+    skip_linear: bool = False
+    min_width: int = 1
 
     def build(self) -> HitMusicNet:
-        return HitMusicNet(self.d, self.delta, self.dropout, tuple(self.alphas), self.classifier)
+        return HitMusicNet(self.d, self.delta, self.dropout, tuple(self.alphas), self.classifier, self.standardise,
+                           self.skip_linear, self.min_width)
 
 
 def save_bundle(directory: Path, net: HitMusicNet, pre: Preprocessor, meta: ModelMeta) -> list[str]:
@@ -94,8 +99,9 @@ class HitMusicPyfunc(RowModel):
         return stack
 
     def scores(self, x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray | None]:
-        code = self.net.code(torch.from_numpy(x))
-        pop = self.net.pop(code)[:, 0].float().numpy()
+        x = torch.from_numpy(x)
+        code = self.net.code(x)
+        pop = self.net.head(code, x)[:, 0].float().numpy()
         proba = torch.softmax(self.net.cls(code).float(), 1).numpy() if self.net.cls is not None else None
         return pop, proba
 

@@ -75,11 +75,11 @@ class MusicPopNet(nn.Module):
     """MLP ``(batch, c) -> (batch, n_out)``: sigmoid output for regression, logits for classes."""
 
     def __init__(self, c: int, dropout: float = 0.25, n_out: int = 1,
-                 alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3)):
+                 alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3), min_width: int = 1, linear_out: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         width = c
-        sizes = popnet_sizes(c, alphas)
+        sizes = tuple(max(min_width, h) for h in popnet_sizes(c, alphas))
         for i, h in enumerate(sizes):
             layers += [nn.Linear(width, h), nn.ReLU()]
             if i < len(sizes) - 1:
@@ -88,10 +88,11 @@ class MusicPopNet(nn.Module):
         layers.append(nn.Linear(width, n_out))
         self.net = nn.Sequential(*layers)
         self.n_out = n_out
+        self.linear_out = linear_out  # regression without the sigmoid (the small-table variant)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         out = self.net(code)
-        return torch.sigmoid(out) if self.n_out == 1 else out
+        return torch.sigmoid(out) if self.n_out == 1 and not self.linear_out else out
 
 
 class HitMusicNet(nn.Module):
@@ -103,28 +104,53 @@ class HitMusicNet(nn.Module):
     """
 
     def __init__(self, d: int, delta: float = 1 / 5, dropout: float = 0.25,
-                 alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3), classifier: bool = False):
+                 alphas: tuple[float, ...] = (1, 1 / 2, 1 / 3), classifier: bool = False,
+                 standardise: bool = False, skip_linear: bool = False, min_width: int = 1):
         super().__init__()
         self.ae = MusicAENet(d, delta)
         c = self.ae.code_size
+        if standardise:  # z-scoring of the (min-max scaled) inputs, fitted on training rows
+            self.register_buffer("in_mean", torch.zeros(d))
+            self.register_buffer("in_std", torch.ones(d))
+        self.standardised = standardise
         self.register_buffer("code_lo", torch.zeros(c))
         self.register_buffer("code_span", torch.ones(c))
-        self.pop = MusicPopNet(c, dropout, 1, tuple(alphas))
-        self.cls = MusicPopNet(c, dropout, N_CLASSES, tuple(alphas)) if classifier else None
+        self.pop = MusicPopNet(c, dropout, 1, tuple(alphas), min_width, linear_out=skip_linear)
+        # the small-table variant's linear path from the inputs to popularity, beside MusicPopNet
+        self.skip = nn.Linear(d, 1) if skip_linear else None
+        self.cls = MusicPopNet(c, dropout, N_CLASSES, tuple(alphas), min_width) if classifier else None
+
+    def fit_input_scaling(self, x: torch.Tensor) -> None:
+        """Standardise the inputs with these (training) rows' mean and standard deviation (no-op without
+        ``standardise``); constant columns keep scale 1."""
+        if self.standardised:
+            with torch.no_grad():
+                std = x.std(0)
+                self.in_mean.copy_(x.mean(0))
+                self.in_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder (and the linear path) read: ``x`` itself, or standardised."""
+        return (x - self.in_mean) / self.in_std if self.standardised else x
 
     def fit_code_scaling(self, x: torch.Tensor) -> None:
         """Min-max scale the code to [0, 1] on these (training) rows; dead code units keep span 1."""
         with torch.no_grad():
-            code = self.ae.encode(x)
+            code = self.ae.encode(self.inputs(x))
             lo, hi = code.min(0).values, code.max(0).values
             self.code_lo.copy_(lo)
             self.code_span.copy_(torch.where(hi > lo, hi - lo, torch.ones_like(hi)))
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.ae.encode(x) - self.code_lo) / self.code_span
+        return (self.ae.encode(self.inputs(x)) - self.code_lo) / self.code_span
+
+    def head(self, code: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Popularity / 100 from the code (and, with the linear path, the inputs it was computed from)."""
+        out = self.pop(code)
+        return out + self.skip(self.inputs(x)) if self.skip is not None else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pop(self.code(x))
+        return self.head(self.code(x), x)
 
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.cls is None:
