@@ -11,7 +11,8 @@ with "Data Sources/" for metadata and popularity; no audio is extracted).
 
 Procedure: 20 % of the rows are held out as the test set (stratified on popularity); the rest is split into
 k stratified folds; each configuration (``1-A`` ... ``3-D``: δ 1/5, 1/4, 1/7 by model; A Adadelta + Glorot
-uniform, B Adam + Glorot uniform, C Adadelta + He normal, D Adam + He normal) and each baseline (MLR, MLR +
+uniform, B Adam + Glorot uniform, C Adadelta + He normal, D Adam + He normal; and ``1-S``, our small-table
+variant, in the default set) and each baseline (MLR, MLR +
 Lasso, LDA and MLP on 2 classes, HistGradientBoosting) is fitted on the same folds with scaling fitted on the
 training folds only. The report gives validation metrics averaged over the folds, and the held-out test
 metrics of every fold's model averaged, next to the published figures. ``--json`` prints the averaged

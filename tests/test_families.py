@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from hitmodels import families
 from hitmodels.bundle import load_bundle, parse_manifest, write_bundle
@@ -393,3 +394,27 @@ def test_the_feature_settings_of_the_training_table_travel_in_the_bundle(tmp_pat
     # a table from before the settings were recorded: this version's defaults
     result = train(learnable(200), TrainConfig(family="lasso", model_name="fc-test", experiment="fc-test"), uri)
     assert load_model(ModelRef("fc-test", result.version), uri).feature_config == FeatureConfig()
+
+
+def test_hitmusicnet_small_table_variant_learns_where_the_paper_configurations_answer_the_mean(tmp_path):
+    from hitmodels.config import small_table_config
+
+    table = learnable(300)
+    base = TrainConfig()
+    s, paper = fit("hitmusicnet", table, base)
+    _, small = fit("hitmusicnet", table, small_table_config(base))
+    _, lasso = fit("lasso", table)
+    truth = s.test["popularity"].to_numpy()
+
+    def mae(fitted):
+        return float(np.abs(fitted.predict(s.test)["popularity"].to_numpy() - truth).mean())
+
+    print(f"test MAE (popularity points): 1-B {mae(paper):.2f}, 1-S {mae(small):.2f}, lasso {mae(lasso):.2f}")
+    assert mae(small) < 0.8 * mae(paper) and mae(small) < 1.05 * mae(lasso)
+    net = small.model.net
+    widths = [m.out_features for m in net.pop.net if isinstance(m, torch.nn.Linear)][:-1]
+    assert net.skip is not None and net.standardised and min(widths) >= 16
+    write_bundle(tmp_path, small.model)
+    pd.testing.assert_frame_equal(load_bundle(tmp_path).predict(None, s.test), small.predict(s.test))
+    with pytest.raises(ValueError, match="skip_linear needs end_to_end"):
+        families.get("hitmusicnet").check(TrainConfig(skip_linear=True))

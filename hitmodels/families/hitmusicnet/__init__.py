@@ -50,6 +50,8 @@ class HitMusicNetFamily(Family):
         class_loss_weights(np.zeros(1, int), cfg.class_weight)
         if cfg.skip_linear and not cfg.end_to_end:
             raise ValueError("skip_linear needs end_to_end: the linear path is trained with the encoder")
+        if cfg.skip_init not in ("zero", "lasso"):
+            raise ValueError(f"unknown skip_init {cfg.skip_init!r}; choose 'zero' or 'lasso'")
         class_thresholds(cfg.class_scheme, np.array([50.0]))
 
     def fit(self, fit_rows, val_rows, calib_rows, columns, cfg, log=False, on_epoch=None, parallel=None) -> Fitted:
@@ -70,8 +72,8 @@ class HitMusicNetFamily(Family):
                 **({"effective_batch_size": effective_batch_size(cfg.batch_size, n_fit)} if n_fit else {})}
 
     def describe(self, cfg: TrainConfig) -> str:
-        extra = (f"; small-table variant: standardised inputs, linear path (L1 {cfg.skip_l1}), end-to-end "
-                 f"fine-tuning, weight decay {cfg.weight_decay}") if cfg.end_to_end else ""
+        extra = (f"; small-table variant: standardised inputs, linear path ({cfg.skip_init} start, L1 "
+                 f"{cfg.skip_l1}), end-to-end fine-tuning, weight decay {cfg.weight_decay}") if cfg.end_to_end else ""
         return (f"HitMusicNet {cfg.name} (code δ {cfg.delta:.3f}, MusicPopNet {cfg.optimizer} + "
                 f"{cfg.initialiser}, dropout {cfg.dropout}{extra})")
 

@@ -130,7 +130,8 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
                        x_val: torch.Tensor, y_val: torch.Tensor, cfg: TrainConfig, epochs: int,
                        params=None, log_prefix: str | None = None, optimizer: str | None = None,
                        lr: float | None = None, on_epoch: Callable[[int, dict], None] | None = None,
-                       parallel: Parallel | None = None, val_loss_fn=None, weight_decay: float = 0.0) -> list[dict]:
+                       parallel: Parallel | None = None, val_loss_fn=None, weight_decay: float = 0.0,
+                       keep_start: bool = False) -> list[dict]:
     """Mini-batch training with early stopping on validation loss (patience ``cfg.patience``); restores the
     best weights. Returns the per-epoch history (``train_loss``, ``val_loss``), also logged to the active
     MLflow run when ``log_prefix`` is given and passed to ``on_epoch(epoch, row)``.
@@ -144,6 +145,10 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
     val_loss_fn = val_loss_fn or loss_fn
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, waited, history = float("inf"), copy.deepcopy(model.state_dict()), 0, []
+    if keep_start:  # the starting weights compete too: training must beat them on validation to replace them
+        model.eval()
+        with torch.no_grad():
+            best = par.mean([float(val_loss_fn(model(x_val), y_val))])[0]
     n = len(x_train)
     # Each worker takes its share of the batch one worker would take: the same steps per epoch and the same
     # gradient (a mean over the whole batch), so the tuned configuration means the same thing here.
@@ -197,6 +202,16 @@ def fit_end_to_end(net: HitMusicNet, x_fit: torch.Tensor, y_fit: torch.Tensor, x
     with torch.no_grad():
         nn.init.zeros_(last.weight)
         last.bias.fill_(float(y_fit.mean()))
+        if net.skip is not None and cfg.skip_init == "lasso":
+            # the linear path starts where a Lasso on the same inputs ends (penalty by 3-fold CV), so the
+            # network starts from the classical peer's answer and early stopping can only keep or improve it
+            from sklearn.linear_model import LassoCV
+
+            z = net.inputs(x_fit).cpu().numpy().astype(np.float64)
+            y = y_fit[:, 0].cpu().numpy().astype(np.float64)
+            lasso = LassoCV(alphas=20, cv=3, max_iter=5000, random_state=cfg.seed).fit(z, y)
+            net.skip.weight.copy_(torch.tensor(lasso.coef_, dtype=net.skip.weight.dtype)[None])
+            net.skip.bias.fill_(float(lasso.intercept_) - float(y_fit.mean()))
     net.ae.encoder.requires_grad_(True)
     if net.cls is not None:  # not part of this stage (DDP wants every trainable parameter used)
         net.cls.requires_grad_(False)
@@ -211,7 +226,7 @@ def fit_end_to_end(net: HitMusicNet, x_fit: torch.Tensor, y_fit: torch.Tensor, x
         return fit_early_stopping(net, loss, x_fit, y_fit, x_val, y_val, cfg, cfg.mlp_epochs, params=params,
                                   log_prefix="pop_" if log else None, on_epoch=on_epoch, parallel=par,
                                   val_loss_fn=lambda pred, y: (pred - y).abs().mean(),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, keep_start=cfg.skip_init == "lasso")
     finally:
         net.ae.requires_grad_(False)
         if net.cls is not None:
