@@ -183,6 +183,9 @@ class TrainConfig:
     calib_size: float = 0.15
     # Stratification of every split and fold: this many quantile bins of popularity.
     strat_bins: int = 10
+    # "stratified" (on popularity) or "artist" (no artist on both sides of any cut: test, calibration,
+    # validation, CV folds)
+    split: str = "stratified"
     seed: int = 42
     # Threads while fitting: torch's intra-op threads and scikit-learn's OpenMP/BLAS threads for the
     # baselines (None: the libraries' defaults, one per core). 1 because on the 2-core machine shared with

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from . import baselines as baseline_models
@@ -21,7 +21,7 @@ from . import families
 from .config import EvaluateConfig, TrainConfig, paper_config
 from .data import feature_columns, training_rows
 from .predict import Preprocessor, class_thresholds, popularity_class
-from .train import popularity_bins, score, stratified_split
+from .train import artist_groups, popularity_bins, score, split_part
 
 
 @dataclass
@@ -70,17 +70,23 @@ def cross_validate(table: pd.DataFrame, base: TrainConfig = TrainConfig(), ecfg:
     if len(table) < min_rows:
         raise ValueError(f"model table has {len(table)} rows; {ecfg.n_folds}-fold CV needs at least {min_rows}")
     configs = [paper_config(n, base) if n != base.name else base for n in ecfg.configs]
-    outer, test = stratified_split(table, base.test_size, base.seed, base.strat_bins)
+    outer, test = split_part(table, base.test_size, base)
     truth_test = test["popularity"].to_numpy(float)
     strat = popularity_bins(outer["popularity"].to_numpy(), min(base.strat_bins, len(outer) // ecfg.n_folds))
-    folds = StratifiedKFold(ecfg.n_folds, shuffle=True, random_state=base.seed).split(outer, strat)
+    if base.split == "artist":  # whole artists per fold, popularity spread alike across folds where it can be
+        groups = artist_groups(outer)
+        if len(set(groups)) < ecfg.n_folds:
+            raise ValueError(f"{len(set(groups))} artists cannot fill {ecfg.n_folds} artist-grouped folds")
+        folds = StratifiedGroupKFold(ecfg.n_folds, shuffle=True, random_state=base.seed).split(outer, strat, groups)
+    else:
+        folds = StratifiedKFold(ecfg.n_folds, shuffle=True, random_state=base.seed).split(outer, strat)
     rows: list[dict] = []
     histories: dict = {}
     codes: dict = {}
     thresholds = class_thresholds(base.class_scheme, outer["popularity"].to_numpy(float))
     for k, (tr_idx, va_idx) in enumerate(folds):
         train_part, val = outer.iloc[tr_idx].reset_index(drop=True), outer.iloc[va_idx].reset_index(drop=True)
-        fit_rows, calib = stratified_split(train_part, base.calib_size, base.seed + k, base.strat_bins) \
+        fit_rows, calib = split_part(train_part, base.calib_size, replace(base, seed=base.seed + k)) \
             if base.calib_size > 0 else (train_part, train_part.iloc[:0])
         fold_pop = fit_rows["popularity"].to_numpy(float)
         median = float(np.median(fold_pop))

@@ -85,8 +85,10 @@ def markdown(result: CVResult, plots: dict[str, str]) -> str:
         "# HitMusicNet evaluation",
         "",
         f"{result.n_rows} rows, {result.n_features} features; {result.n_test} test rows "
-        f"({base['test_size']:.0%}, stratified on popularity), {ev['n_folds']}-fold stratified CV on the rest "
-        f"({base['calib_size']:.0%} of each training part held back to calibrate the "
+        + (f"({base['test_size']:.0%}, whole artists held out), {ev['n_folds']}-fold artist-grouped CV on the rest "
+           if base.get("split") == "artist" else
+           f"({base['test_size']:.0%}, stratified on popularity), {ev['n_folds']}-fold stratified CV on the rest ")
+        + f"({base['calib_size']:.0%} of each training part held back to calibrate the "
         f"{base['coverage']:.0%} conformal interval). Classes: `{base['class_scheme']}` (boundaries {thr}). "
         f"Cells are mean ± standard deviation over the folds; *val* is each fold's held-out part, *test* the "
         f"same held-out rows scored by each fold's model. MAE/MSE are on popularity / 100.",
@@ -185,6 +187,23 @@ def plot_tsne(code: np.ndarray, classes: np.ndarray, title: str, path: Path, see
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_size_curve(curve: dict[int, dict[str, float]], path: Path, metric: str = "test MAE") -> None:
+    """Test MAE against training rows, one line per model: ``curve`` is ``{training rows: {model: value}}``."""
+    sizes = sorted(curve)
+    models = list(dict.fromkeys(m for n in sizes for m in curve[n]))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for m in models:
+        xs = [n for n in sizes if m in curve[n]]
+        ax.plot(xs, [curve[n][m] for n in xs], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("training rows")
+    ax.set_ylabel(f"{metric} (popularity / 100)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from . import families
 from .bundle import bundle_artifacts, feature_config_of, load_bundle, write_bundle
@@ -91,12 +91,40 @@ class Splits:
     test: pd.DataFrame
 
 
+def artist_groups(df: pd.DataFrame) -> np.ndarray:
+    """The artist of every row (a row without one is an artist of its own)."""
+    artist = df["artist_id"] if "artist_id" in df else pd.Series([None] * len(df), index=df.index)
+    return artist.astype(object).where(artist.notna(), "track:" + df["track_id"].astype(str)).to_numpy()
+
+
+def artist_split(df: pd.DataFrame, size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(rest, part)`` with whole artists on one side only: ``part`` holds about ``size`` of the rows."""
+    groups = artist_groups(df)
+    if len(set(groups)) < 2:
+        raise ValueError("an artist-grouped split needs at least two artists")
+    rest_idx, part_idx = next(GroupShuffleSplit(1, test_size=size, random_state=seed).split(df, groups=groups))
+    return df.iloc[rest_idx].reset_index(drop=True), df.iloc[part_idx].reset_index(drop=True)
+
+
+SPLITS = ("stratified", "artist")
+
+
+def split_part(df: pd.DataFrame, size: float, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One cut of ``cfg.split``'s kind: stratified on popularity, or by artist."""
+    if cfg.split == "artist":
+        return artist_split(df, size, cfg.seed)
+    if cfg.split != "stratified":
+        raise ValueError(f"unknown split {cfg.split!r}; choose {' or '.join(SPLITS)}")
+    return stratified_split(df, size, cfg.seed, cfg.strat_bins)
+
+
 def split_rows(table: pd.DataFrame, cfg: TrainConfig) -> Splits:
-    """Test first (``test_size`` of all rows), then calibration and validation out of the rest."""
-    rest, test = stratified_split(table, cfg.test_size, cfg.seed, cfg.strat_bins)
-    rest, calib = stratified_split(rest, cfg.calib_size, cfg.seed, cfg.strat_bins) if cfg.calib_size > 0 \
-        else (rest, rest.iloc[:0])
-    fit, val = stratified_split(rest, cfg.val_size, cfg.seed, cfg.strat_bins)
+    """Test first (``test_size`` of all rows), then calibration and validation out of the rest; with
+    ``cfg.split == "artist"`` every cut keeps each artist on one side (SPD's artist popularity is derived from
+    its tracks' popularity, so a stratified split lets artist identity leak from training into test)."""
+    rest, test = split_part(table, cfg.test_size, cfg)
+    rest, calib = split_part(rest, cfg.calib_size, cfg) if cfg.calib_size > 0 else (rest, rest.iloc[:0])
+    fit, val = split_part(rest, cfg.val_size, cfg)
     return Splits(fit, val, calib, test)
 
 
@@ -207,8 +235,8 @@ def _run(cfg: TrainConfig, parent_run_id: str | None):
 
 def split_settings(cfg: TrainConfig) -> dict:
     """The settings that decide the split and the calibration: the same for every family."""
-    return {k: getattr(cfg, k) for k in ("test_size", "val_size", "calib_size", "strat_bins", "seed", "coverage",
-                                         "class_scheme")}
+    return {k: getattr(cfg, k) for k in ("split", "test_size", "val_size", "calib_size", "strat_bins", "seed",
+                                         "coverage", "class_scheme")}
 
 
 def description(family_text: str, metrics: dict[str, float], fingerprint: str, n: dict[str, int],

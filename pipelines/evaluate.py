@@ -71,10 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baselines", default=",".join(e.baselines),
                    help=f"baselines to run, '' for none (default {','.join(e.baselines)})")
     p.add_argument("--folds", type=int, default=e.n_folds, help=f"CV folds (default {e.n_folds})")
-    add_fit_arguments(p)
+    add_fit_arguments(p, splits=("stratified", "artist", "both"))
     p.add_argument("--max-rows", type=int, default=None, help="evaluate a random sample of this many rows")
     p.add_argument("--no-spotify-descriptors", action="store_true",
                    help="SPD directory only: leave out Spotify's acousticness, danceability, ... columns")
+    p.add_argument("--sizes", default="",
+                   help="also a learning curve by data size: e.g. 200,1000,5000 evaluates random samples of that "
+                        "many rows the same way, and writes test MAE against training rows per model "
+                        "(size_curve.png, size_curve.json, and 'sizes' in --json)")
     p.add_argument("--json", action="store_true", help="print the averaged metrics as JSON on stdout")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the evaluation to MLflow")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
@@ -125,22 +129,95 @@ def main_from_args(args: argparse.Namespace) -> int:
 
     configs = _names(args.configs, CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")
-    base = TrainConfig(**fit_settings(args))
+    settings = fit_settings(args)
+    splits = ["stratified", "artist"] if settings["split"] == "both" else [settings["split"]]
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
                    experiment=args.experiment)
     table = load_source(args.source, not args.no_spotify_descriptors)
     if args.max_rows and len(table) > args.max_rows:
         table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
-    result = cross_validate(table, base, ecfg, progress=lambda msg: print(f"evaluate: {msg}", file=sys.stderr))
     home = Path(args.home) if getattr(args, "home", None) else default_home()
-    report = write_report(result, args.out or home / "report")
+    out = args.out or home / "report"
+    results, reports = {}, {}
+    for split in splits:
+        base = TrainConfig(**{**settings, "split": split})
+        results[split] = cross_validate(table, base, ecfg,
+                                        progress=lambda msg, s=split: print(f"evaluate [{s}]: {msg}", file=sys.stderr))
+        reports[split] = write_report(results[split], out if len(splits) == 1 else Path(out) / split)
+    report = reports[splits[0]] if len(splits) == 1 else write_split_comparison(results, reports, Path(out))
+    result = results[splits[0]]
+    curve = size_curve(table, TrainConfig(**{**settings, "split": splits[0]}), ecfg, parse_sizes(args.sizes),
+                       Path(out)) if args.sizes else None
     run_id = None if args.no_mlflow else log_to_mlflow(result, report, args)
     print(f"evaluate: report -> {report}" + (f" (MLflow run {run_id})" if run_id else ""), file=sys.stderr)
     if args.json:
         print(json.dumps({"n_rows": result.n_rows, "n_features": result.n_features, "n_test": result.n_test,
                           "folds": args.folds, "thresholds": list(result.thresholds), "report": str(report),
-                          "mlflow_run_id": run_id, "models": result.means(), "published": PUBLISHED}, indent=2))
+                          "mlflow_run_id": run_id, "split": splits[0], "models": result.means(),
+                          "splits": {s: r.means() for s, r in results.items()},
+                          "sizes": {str(k): v for k, v in curve.items()} if curve else None,
+                          "published": PUBLISHED}, indent=2))
     return 0
+
+
+def parse_sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--sizes {text!r}: expected whole numbers separated by commas") from None
+    if not sizes or sizes[0] < 20:
+        raise ValueError(f"--sizes {text!r}: every size must be at least 20 rows")
+    return sizes
+
+
+def size_curve(table: pd.DataFrame, base: TrainConfig, ecfg: EvaluateConfig, sizes: list[int],
+               out: Path) -> dict[int, dict[str, float]]:
+    """Test MAE per model for random samples of ``sizes`` rows (sizes beyond the table are skipped, said on
+    stderr), evaluated as the whole table is; keyed by the training rows of each (the rows not held out for
+    test). Writes ``size_curve.png`` and ``size_curve.json`` into ``out``."""
+    from hitmodels.crossval import cross_validate
+    from hitmodels.data import training_rows
+    from hitmodels.report import plot_size_curve
+
+    rows = training_rows(table)
+    curve: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        if n > len(rows):
+            print(f"evaluate: --sizes {n} is more than the table's {len(rows)} usable rows: skipped", file=sys.stderr)
+            continue
+        sample = rows.sample(n, random_state=base.seed).reset_index(drop=True)
+        result = cross_validate(sample, base, ecfg, progress=lambda msg, n=n: print(f"evaluate [{n} rows]: {msg}",
+                                                                                    file=sys.stderr))
+        curve[n - result.n_test] = {m: v["test"]["mae"] for m, v in result.means().items() if "mae" in v.get("test", {})}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "size_curve.json").write_text(json.dumps({str(k): v for k, v in curve.items()}, indent=1))
+    if curve:
+        plot_size_curve(curve, out / "size_curve.png")
+    return curve
+
+
+def write_split_comparison(results: dict, reports: dict, out: Path) -> Path:
+    """``report.md`` in ``out``: test MAE and Spearman of every model under each split, side by side, linking
+    each split's full report."""
+    splits = list(results)
+    models = list(dict.fromkeys(m for r in results.values() for m in r.means()))
+    header = ["model"] + [f"{s} {k}" for s in splits for k in ("test MAE", "test Spearman")]
+    lines = ["# Evaluation: stratified vs. artist-grouped split", "",
+             "The same models and folds' settings under two splits. Artist-grouped: no artist has tracks on both "
+             "sides of any cut, so a model cannot score well by recognising an artist whose other tracks it "
+             "trained on (SPD's artist popularity is derived from its tracks' popularity). Full reports: "
+             + ", ".join(f"[{s}]({Path(reports[s]).relative_to(out)})" for s in splits) + ".", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in models:
+        cells = []
+        for s in splits:
+            t = results[s].means().get(m, {}).get("test", {})
+            cells += [f"{t['mae']:.4f}" if "mae" in t else "", f"{t['spearman']:.3f}" if "spearman" in t else ""]
+        lines.append("| " + " | ".join([m] + cells) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

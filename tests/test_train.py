@@ -341,3 +341,64 @@ def test_spd_features_folder_gives_a_model_table(tmp_path):
     assert table["error"].isna().all() and not table[cols].isna().all().any()
     assert "danceability" not in feature_columns(load_spd_model_table(tmp_path, spotify_descriptors=False)[0])
     assert len(load_source(tmp_path)) == 11
+
+
+# ------------------------------------------------------------------------------------------ artist split
+
+
+def artist_table(n: int = 240, artists: int = 40) -> pd.DataFrame:
+    table = learnable_table(n)
+    table["artist_id"] = [f"a{i % artists}" for i in range(n)]
+    return table
+
+
+def test_artist_split_keeps_every_artist_on_one_side_of_every_cut():
+    table = artist_table()
+    cfg = replace(QUICK, split="artist")
+    s = split_rows(table, cfg)
+    sides = [set(part["artist_id"]) for part in (s.fit, s.val, s.calib, s.test)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not sides[i] & sides[j], (i, j)
+    assert sum(map(len, (s.fit, s.val, s.calib, s.test))) == len(table)
+    assert abs(len(s.test) - cfg.test_size * len(table)) <= len(table) / 40 * 2  # whole artists: about 20 %
+    assert split_rows(table, cfg).test["track_id"].tolist() == s.test["track_id"].tolist()  # repeatable
+    with pytest.raises(ValueError, match="two artists"):
+        split_rows(learnable_table(100), cfg)  # one artist only
+
+
+def test_artist_grouped_cross_validation_and_the_side_by_side_report(tmp_path, capsys):
+    from pipelines import evaluate
+
+    table = artist_table()
+    base = replace(QUICK, ae_epochs=2, mlp_epochs=2, split="artist")
+    ecfg = EvaluateConfig(configs=("1-B",), baselines=("mean",), n_folds=3, tsne_points=20)
+    result = cross_validate(table, base, ecfg)
+    assert result.n_test > 0 and set(result.scores["fold"]) == {0, 1, 2}
+    path = tmp_path / "table.parquet"
+    table.to_parquet(path)
+    rc = evaluate.main([str(path), "--out", str(tmp_path / "report"), "--configs", "1-B", "--baselines", "mean,lasso",
+                        "--folds", "3", "--epochs", "2", "--split", "both", "--no-mlflow", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc["splits"]) == {"stratified", "artist"}
+    assert {"1-B", "MLR + Lasso"} <= set(doc["splits"]["artist"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "artist-grouped" in text and "stratified test MAE" in text and "artist test MAE" in text
+    assert (tmp_path / "report" / "artist" / "report.md").read_text().count("whole artists held out") == 1
+
+
+def test_evaluate_learning_curve_by_data_size(tmp_path, capsys):
+    from pipelines import evaluate
+
+    path = tmp_path / "table.parquet"
+    learnable_table(300).to_parquet(path)
+    rc = evaluate.main([str(path), "--out", str(tmp_path / "report"), "--configs", "1-B", "--baselines", "mean,lasso",
+                        "--folds", "3", "--epochs", "2", "--sizes", "100,200,5000", "--no-mlflow", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    # 5000 is more than the table has: skipped; training rows are what is left after the 20 % test rows
+    assert sorted(map(int, doc["sizes"])) == [80, 160]
+    assert set(doc["sizes"]["160"]) == {"1-B", "Predict the mean", "MLR + Lasso"}
+    assert (tmp_path / "report" / "size_curve.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "report" / "size_curve.json").read_text()) == doc["sizes"]
