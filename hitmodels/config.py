@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Schema version of the feature table; bump when a column's meaning changes so registered models record
 # which features they were trained on.
-FEATURE_SCHEMA_VERSION = "2"
+FEATURE_SCHEMA_VERSION = "3"  # 3: audio analysed at a fixed 22,050 Hz
 
 # Popularity classes of HitMusicNet eq. (4): below 25 is low, 25 to below 65 medium, 65 and above high.
 CLASS_NAMES = ("low", "medium", "high")
@@ -29,11 +29,14 @@ def default_home() -> Path:
 class FeatureConfig:
     """Frame-level audio analysis settings (HitMusicNet section IV).
 
-    ``sr=None`` keeps each preview's native rate (44,100 Hz for Spotify previews). Mel: 128 bands, FFT 2048,
-    Hamming window, ``fmin`` 50 Hz to sr/2; hop 512 samples.
+    Audio is analysed at one fixed rate, ``sr`` (22,050 Hz: every file is resampled to it when decoded), so that
+    ``MEL_k``, the spectral statistics and the frame hop mean the same frequencies and durations for a 22.05 kHz
+    generated clip, a 44.1 kHz preview and a 48 kHz upload; ``sr=None`` keeps each file's native rate (features
+    of files at different rates are then not comparable). Mel: 128 bands, FFT 2048, Hamming window, ``fmin``
+    50 Hz to sr/2; hop 512 samples.
     """
 
-    sr: int | None = None
+    sr: int | None = 22050
     n_fft: int = 2048
     hop_length: int = 512
     window: str = "hamming"

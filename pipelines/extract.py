@@ -332,7 +332,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", type=Path, help="output directory of Parquet parts (re-runs resume into it)")
     p.add_argument("--batch-size", type=int, default=4, help="tracks per actor call (default 4)")
     p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
-    p.add_argument("--sr", type=int, default=None, help="resample to this rate (default: each file's own)")
+    p.add_argument("--sr", type=int, default=FeatureConfig.sr,
+                   help=f"rate every file is resampled to before analysis (default {FeatureConfig.sr}); 0 keeps "
+                        "each file's own, which makes features of files at different rates incomparable")
     p.add_argument("--n-mfcc", type=int, default=FeatureConfig.n_mfcc, help="MFCC coefficients (default 48)")
     p.add_argument("--device", choices=["auto", "cpu", "torch"], default="auto",
                    help="audio features: auto = batched torch on GPU actors when the cluster has GPUs, else "
@@ -343,7 +345,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    cfg = FeatureConfig(sr=args.sr, n_mfcc=args.n_mfcc)
+    cfg = FeatureConfig(sr=args.sr or None, n_mfcc=args.n_mfcc)
     run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size,
         device=args.device, torch_batch_size=args.torch_batch_size, policy=policy_from_args(args, args.manifest))
     return 0
