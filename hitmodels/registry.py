@@ -13,6 +13,9 @@ CHAMPION = "champion"
 # MLflow's error codes for a model, version or alias that does not exist
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 PREVIOUS = "previous"
+# Bound on each file of a registered bundle (weights, JSON, tree arrays) that load_model downloads: every
+# family's bundle is a few MB at most (HitMusicNet on 438 features: ~0.2 MB).
+MAX_BUNDLE_FILE_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,16 @@ def load_model(ref: ModelRef, tracking_uri: str | None = None):
                 raise LookupError(f"{ref.uri}: artifacts/{name} is not a file")
             return path
 
-        present = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(
+        sizes = {Path(f.path).name: f.file_size or 0 for f in mlflow.artifacts.list_artifacts(
             artifact_uri=f"{source.rstrip('/')}/artifacts", tracking_uri=uri) if not f.is_dir}
-        manifest_path = fetch(MANIFEST) if MANIFEST in present else None
+        manifest_path = fetch(MANIFEST) if MANIFEST in sizes else None
         try:
             manifest = parse_manifest(manifest_path.read_text() if manifest_path else None)
         except ValueError as exc:
             raise LookupError(f"{ref.uri} has an unusable bundle manifest: {exc}") from None
+        too_big = [f"{f} ({sizes[f]} bytes)" for f in manifest["files"] if sizes.get(f, 0) > MAX_BUNDLE_FILE_BYTES]
+        if too_big:  # checked from the listing, before anything is downloaded
+            raise LookupError(f"{ref.uri}: bundle file(s) {too_big} larger than {MAX_BUNDLE_FILE_BYTES} bytes")
         for name in manifest["files"]:
             fetch(name)
         return load_bundle(Path(tmp))
@@ -186,17 +192,22 @@ def compare_on_test(name: str, candidate: str, incumbent: str, table, tracking_u
     """Both versions' selection metric on the same rows: those of ``table`` whose track ids both versions
     stored as their test rows (rows neither trained on, wherever they sit in the table). Returns
     ``(candidate's, incumbent's, metric, n_rows)``; ``ValueError`` when no fair comparison is possible."""
+    return _compare(name, registered(name, candidate, tracking_uri), registered(name, incumbent, tracking_uri),
+                    table, tracking_uri)
+
+
+def _compare(name: str, cand: Registered, inc: Registered, table, tracking_uri: str | None
+             ) -> tuple[float, float, str, int]:
     from .evaluate import regression_metrics
 
-    cand, inc = registered(name, candidate, tracking_uri), registered(name, incumbent, tracking_uri)
     test = fair_test_rows(cand, inc, table)
     truth = test["popularity"].to_numpy(float)
     scores = []
-    for v in (candidate, incumbent):
+    for v in (cand.version, inc.version):
         pred = load_model(ModelRef(name, v), tracking_uri).predict(None, test)["popularity"].to_numpy(float)
         metrics = regression_metrics(truth, pred)
         if cand.metric not in metrics:
-            raise ValueError(f"version {candidate} is selected on {cand.metric!r}, which promotion cannot "
+            raise ValueError(f"version {cand.version} is selected on {cand.metric!r}, which promotion cannot "
                              f"compute (it knows {', '.join(metrics)})")
         scores.append(metrics[cand.metric])
     return scores[0], scores[1], cand.metric, len(test)
@@ -215,14 +226,18 @@ def promote_if_better(name: str, version: str, table, tracking_uri: str | None =
     c = client(tracking_uri)
     try:
         champion = c.get_model_version_by_alias(name, CHAMPION).version
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code not in NOT_FOUND:  # an unreachable server is not a missing champion
+            raise
         promote(name, version, CHAMPION, tracking_uri)
         return True, f"no champion yet: version {version} promoted"
     if str(champion) == str(version):
         return False, f"version {version} already is the champion"
-    cand, inc, metric, n = compare_on_test(name, str(version), str(champion), table, tracking_uri)
+    candidate = registered(name, str(version), tracking_uri)
+    cand, inc, metric, n = _compare(name, candidate, registered(name, str(champion), tracking_uri), table,
+                                    tracking_uri)
     where = f"on the {n} {name} test rows neither trained on"
-    if not better(cand, inc, registered(name, str(version), tracking_uri).family):
+    if not better(cand, inc, candidate.family):
         return False, (f"refused: version {version} has test {metric.upper()} {cand:.5f}, worse than champion "
                        f"version {champion} ({inc:.5f}) {where}")
     promote(name, version, CHAMPION, tracking_uri)

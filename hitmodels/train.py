@@ -130,10 +130,20 @@ def split_rows(table: pd.DataFrame, cfg: TrainConfig) -> Splits:
 
 def retrain_rows(table: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``(fit, stop, calib)`` of a retraining after tuning: the trials' fit and validation rows together, a
-    slice of them held back for early stopping, and the calibration rows. The test rows are not among them."""
+    slice of them held back for early stopping (none for a family that does not early-stop), and the
+    calibration rows. The test rows are not among them."""
     s = split_rows(table, cfg)
-    fit, stop = stratified_split(pd.concat([s.fit, s.val], ignore_index=True), 0.1, cfg.seed, cfg.strat_bins)
+    fit, stop = split_part(pd.concat([s.fit, s.val], ignore_index=True), 0.1, cfg)
+    fit, stop = fitting_rows(families.get(cfg.family), fit, stop)
     return fit, stop, s.calib
+
+
+def fitting_rows(family, fit: pd.DataFrame, val: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(fit, val)`` as ``family`` uses them: a family that does not early-stop would leave the validation
+    rows unused, so it fits on them too."""
+    if family.early_stops:
+        return fit, val
+    return pd.concat([fit, val], ignore_index=True), val.iloc[:0]
 
 
 def score(truth: np.ndarray, out: pd.DataFrame, thresholds: tuple[float, float], median: float,
@@ -209,9 +219,7 @@ def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: s
     s = split_rows(table, cfg)
     with _run(cfg, parent_run_id) as run:
         mlflow.set_tag("mlflow.runName", f"{fam.name}-{cfg.name}")
-        fit_rows, val_rows = s.fit, s.val
-        if not fam.early_stops:  # validation rows would only be left unused: they are fitted on
-            fit_rows, val_rows = pd.concat([s.fit, s.val], ignore_index=True), s.val.iloc[:0]
+        fit_rows, val_rows = fitting_rows(fam, s.fit, s.val)
         fitted = fam.fit(fit_rows, val_rows, s.calib, columns, cfg, log=True)
         with tempfile.TemporaryDirectory() as tmp:
             write_bundle(Path(tmp), fitted.model, feature_config)

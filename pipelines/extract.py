@@ -312,6 +312,9 @@ def record_feature_config(out_dir: Path, cfg: FeatureConfig) -> None:
             raise ValueError(f"{out_dir} holds features extracted with other settings {changed} (before, now): "
                              "extract into a new directory")
         return
+    if part_files(Path(out_dir)):  # parts from before settings were recorded (schema 2: native rates)
+        raise ValueError(f"{out_dir} holds features extracted before their settings were recorded (native "
+                         "sample rates): extract into a new directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(cfg)))
 

@@ -54,17 +54,17 @@ def markdown(rows: list[dict], metric: str) -> str:
     return "\n".join(lines) + f"\n\nSorted by test {metric.upper()} (popularity / 100), best first.\n"
 
 
-def row_of(result) -> dict:
+def row_of(result, metric: str = "mae") -> dict:
     m = result.metrics
-    return {"family": result.family, "version": result.version, "test_mae": m["test_mae"], "r2": m["test_r2"],
+    return {"family": result.family, "selection": m[f"test_{metric}"], "version": result.version, "test_mae": m["test_mae"], "r2": m["test_r2"],
             "spearman": m["test_spearman"], "kendall_top10": m.get("test_kendall_top10"),
             "coverage": m.get("test_coverage"), "fit_seconds": result.seconds,
             "test_mae_predict_mean": m["test_mae_predict_mean"], "run_id": result.run_id}
 
 
-def rank(rows: list[dict], metric: str = "test_mae", higher_is_better: bool = False) -> list[dict]:
-    """Rows best first on ``metric`` (ties keep the order the families were given in)."""
-    return sorted(rows, key=lambda r: -r[metric] if higher_is_better else r[metric])
+def rank(rows: list[dict], higher_is_better: bool = False) -> list[dict]:
+    """Rows best first on their selection metric (ties keep the order the families were given in)."""
+    return sorted(rows, key=lambda r: -r["selection"] if higher_is_better else r["selection"])
 
 
 def run(table_path: str | Path, family_names: list[str], base: TrainConfig = TrainConfig(),
@@ -73,7 +73,9 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
     """Fit, register and compare ``family_names`` on one table; returns the ``--json`` document."""
     import mlflow
 
-    from hitmodels.registry import CHAMPION, client, promote as set_alias, promote_if_better
+    from mlflow.exceptions import MlflowException
+
+    from hitmodels.registry import CHAMPION, NOT_FOUND, client, promote as set_alias, promote_if_better
     from hitmodels.train import dataset_fingerprint, train
     from hitmodels.data import training_rows
 
@@ -104,10 +106,10 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
             progress(f"fitting {f.label} ...")
             cfg = f.default_config(replace(base, family=f.name, name=f.name))
             result = train(table, cfg, tracking_uri, parent_run_id=parent_id, tags={"leaderboard_run": parent_id})
-            rows.append(row_of(result))
+            rows.append(row_of(result, metric))
             progress(f"{f.label}: version {result.version}, test MAE {result.metrics['test_mae']:.4f} "
                      f"({result.seconds:.1f} s)")
-        rows = rank(rows, f"test_{metric}" if f"test_{metric}" in rows[0] else metric, higher)
+        rows = rank(rows, higher)
         best = rows[0]
         if promote == "always":
             set_alias(base.model_name, best["version"], CHAMPION, tracking_uri)
@@ -122,7 +124,9 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
         try:
             mv = client(tracking_uri).get_model_version_by_alias(base.model_name, CHAMPION)
             champion = {"family": (mv.tags or {}).get("model_family", "hitmusicnet"), "version": str(mv.version)}
-        except Exception:  # no champion at all (--promote never on a new model)
+        except MlflowException as exc:  # no champion at all (--promote never on a new model)
+            if exc.error_code not in NOT_FOUND:
+                raise
             champion = None
         text = markdown(rows, metric)
         doc = {"model_name": base.model_name, "metric": metric, "dataset_fingerprint": fingerprint, "rows": rows,

@@ -77,17 +77,14 @@ def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, p
     """Retrain the chosen configuration on the cluster (the family decides how: Ray Train for HitMusicNet, a
     Ray task for the classical families) and register the result; returns the TrainResult."""
     from hitmodels import families
-    from hitmodels.train import register_bundle
-
     from hitmodels.data import training_rows
-    from hitmodels.train import retrain_rows
+    from hitmodels.train import register_bundle, retrain_rows
 
-    family = families.get(cfg.family)
-    bundle, tags = family.retrain(table_path, cfg, storage, workers, f"retrain-{parent_run_id[:8]}", use_gpu)
+    bundle, tags = families.get(cfg.family).retrain(table_path, cfg, storage, workers,
+                                                    f"retrain-{parent_run_id[:8]}", use_gpu)
     table = pd.read_parquet(table_path)
     fit, stop, calib = retrain_rows(training_rows(table), cfg)
-    counts = {"train": len(fit), "val": len(stop), "calib": len(calib)} if family.early_stops else \
-        {"train": len(fit) + len(stop), "val": 0, "calib": len(calib)}
+    counts = {"train": len(fit), "val": len(stop), "calib": len(calib)}
     with bundle as directory:
         return register_bundle(Path(directory), table, cfg, tracking_uri, parent_run_id=parent_run_id,
                                tags={**extra_tags, **tags}, counts=counts)

@@ -384,6 +384,11 @@ def test_the_feature_settings_of_the_training_table_travel_in_the_bundle(tmp_pat
         record_feature_config(features, FeatureConfig(sr=22050))
     learnable(40).to_parquet(features / "part-0.parquet")
     assert read_features(features).attrs["feature_config"] == asdict(cfg)
+    old = tmp_path / "old-features"  # parts written before settings were recorded: their rate is unknown
+    old.mkdir()
+    learnable(40).to_parquet(old / "part-0.parquet")
+    with pytest.raises(ValueError, match="before their settings were recorded"):
+        record_feature_config(old, cfg)
     table = learnable(200)
     table.attrs["feature_config"] = asdict(cfg)
     table.to_parquet(tmp_path / "table.parquet")  # as hitmusic build writes it: the settings in the file
@@ -418,3 +423,17 @@ def test_hitmusicnet_small_table_variant_learns_where_the_paper_configurations_a
     pd.testing.assert_frame_equal(load_bundle(tmp_path).predict(None, s.test), small.predict(s.test))
     with pytest.raises(ValueError, match="skip_linear needs end_to_end"):
         families.get("hitmusicnet").check(TrainConfig(skip_linear=True))
+
+
+def test_a_bundle_file_past_its_bound_is_refused_before_download(tmp_path, monkeypatch):
+    from hitmodels import registry
+    from hitmodels.registry import ModelRef, load_model
+    from hitmodels.train import train
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train(learnable(200), TrainConfig(family="lasso", name="lasso", model_name="big", experiment="big"),
+                   uri)
+    assert load_model(ModelRef("big", result.version), uri).family == "lasso"
+    monkeypatch.setattr(registry, "MAX_BUNDLE_FILE_BYTES", 1000)  # model.json holds ~400 coefficients
+    with pytest.raises(LookupError, match=r"model\.json .* larger than 1000 bytes"):
+        load_model(ModelRef("big", result.version), uri)

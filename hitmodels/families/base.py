@@ -128,8 +128,6 @@ class Family:
             raw = pd.read_parquet(table_path)
             table = training_rows(raw)
             fit, stop, calib = retrain_rows(table, cfg)
-            if not self.early_stops:  # nothing to stop on: the held-back rows are fitted on too
-                fit, stop = pd.concat([fit, stop], ignore_index=True), stop.iloc[:0]
             fitted = self.fit(fit, stop, calib, feature_columns(table), cfg)
             with tempfile.TemporaryDirectory() as tmp:
                 write_bundle(Path(tmp), fitted.model, feature_config_of(raw))
