@@ -5,6 +5,7 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic up                                   # local Ray + MLflow server (SQLite) in the background
     hitmusic synth .hitmusic/catalogue            # sample catalogue in the SPD layout, with audio
     hitmusic extract .hitmusic/catalogue/manifest.parquet .hitmusic/features
+    hitmusic mels .hitmusic/catalogue/manifest.parquet .hitmusic/mels   # for --family siamese
     hitmusic build .hitmusic/features .hitmusic/catalogue .hitmusic/model_table.parquet
     hitmusic train .hitmusic/model_table.parquet  # logs a run, registers a new model version
     hitmusic promote --version 1                  # alias 'champion' -> version 1
@@ -74,7 +75,8 @@ def cmd_synth(args) -> int:
     from .synth import generate
 
     cfg = SynthConfig(n_tracks=args.n_tracks, tracks_per_artist=args.tracks_per_artist, duration_s=args.duration,
-                      sr=args.sr, seed=args.seed, audio_format=args.format)
+                      sr=args.sr, seed=args.seed, audio_format=args.format,
+                      full_length=args.full_length)
     paths = generate(args.out, cfg)
     print(f"synth: {cfg.n_tracks} tracks -> {args.out} (manifest: {paths['manifest']})")
     return 0
@@ -202,7 +204,7 @@ def registered_family(ref) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines import build, evaluate, extract, leaderboard, score, train, tune
+    from pipelines import build, evaluate, extract, leaderboard, mels, score, train, tune
     from serve import deploy
 
     p = argparse.ArgumentParser(prog="hitmusic", description=__doc__,
@@ -237,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sr", type=int, default=s.sr, help=f"sample rate of the previews (default {s.sr})")
     sp.add_argument("--format", choices=["wav", "flac", "ogg"], default=s.audio_format, help="audio file format")
     sp.add_argument("--seed", type=int, default=s.seed, help=f"random seed (default {s.seed})")
+    sp.add_argument("--full-length", action="store_true",
+                    help=f"full-length tracks ({s.full_length_s[0]:.0f}-{s.full_length_s[1]:.0f} s, seeded) with a "
+                         f"louder, brighter {s.chorus_s:.0f} s chorus played twice at seeded positions "
+                         "(recorded in popularity_truth.parquet), instead of previews of --duration")
     add("extract", "Ray Data job: audio + lyric features per track", lambda a: extract.main_from_args(a), extract)
+    add("mels", "Ray Data job: log-mel segments (Mid-30, HL-30) per track into a mel store",
+        lambda a: mels.main_from_args(a), mels)
     add("build", "join features with metadata into the model table", lambda a: build.main_from_args(a), build)
     add("train", "train a model family (HitMusicNet by default), log to MLflow, register a version",
         _with_tracking(train.main_from_args), train)

@@ -68,6 +68,40 @@ class FeatureConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class MelConfig:
+    """Log-mel segments for the CNN families (Yu et al. 2018, section 2.5): 128 mel bands (librosa's Slaney
+    filters, ``fmin`` to sr/2) of the power spectrum at 22,050 Hz, Hamming window of 4,096 samples with half
+    overlap (hop 2,048), in dB (``10 log10(max(power, 1e-10))``), over a ``segment_s`` segment: 323 frames for
+    30 s. ``highlight``: how HL-30 is chosen (``"energy"``: the window of greatest mean power; see
+    :func:`hitmodels.mel.highlight_start`)."""
+
+    sr: int = 22050
+    n_fft: int = 4096
+    hop_length: int = 2048
+    window: str = "hamming"
+    n_mels: int = 128
+    fmin: float = 0.0
+    segment_s: float = 30.0
+    highlight: str = "energy"
+    min_duration_s: float = 1.0
+    silence_rms: float = 1e-4
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in one segment (centred frames, as librosa's ``center=True``)."""
+        return 1 + int(round(self.segment_s * self.sr)) // self.hop_length
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "MelConfig":
+        if not d:
+            return cls()
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown mel settings {unknown}")
+        return cls(**d)
+
+
 def _env_list(name: str, sep: str = ",") -> tuple[str, ...]:
     return tuple(v.strip() for v in os.environ.get(name, "").split(sep) if v.strip())
 
@@ -146,6 +180,13 @@ class SynthConfig:
     sr: int = 22050
     seed: int = 7
     audio_format: str = "wav"
+    # Full-length tracks (``hitmusic synth --full-length``) instead of 30 s previews: each lasts a seeded
+    # length in ``full_length_s`` and has a chorus of ``chorus_s`` seconds, louder and brighter than the verses,
+    # played twice from a seeded position (the truth table records both starts), so that Mid-30 and HL-30
+    # are different segments.
+    full_length: bool = False
+    full_length_s: tuple[float, float] = (120.0, 210.0)
+    chorus_s: float = 30.0
 
 
 @dataclass(frozen=True)

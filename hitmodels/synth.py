@@ -111,6 +111,31 @@ def synth_audio(rng: np.random.Generator, duration_s: float, sr: int, *, brightn
     return y.astype(np.float32)
 
 
+def chorus_layout(rng: np.random.Generator, duration_s: float, chorus_s: float) -> tuple[float, float]:
+    """Seeded starts (s) of a chorus played twice in a track of ``duration_s``: the first between 15 % and
+    40 % of the track, the second after a verse of 10-30 s, both ending before the track does."""
+    first = rng.uniform(0.15, 0.40) * duration_s
+    second = first + chorus_s + rng.uniform(10.0, 30.0)
+    if second + chorus_s > duration_s:  # a short track: the second chorus ends the track
+        second = max(first + chorus_s, duration_s - chorus_s)
+    return float(first), float(second)
+
+
+def synth_full_track(rng: np.random.Generator, duration_s: float, sr: int, chorus_s: float,
+                     **style) -> tuple[np.ndarray, tuple[float, float]]:
+    """A full-length track ``(n_samples,)`` float32: verses from :func:`synth_audio` at a quarter of the
+    chorus's level, and one chorus (brighter: roll-off of ``brightness + 0.2``; 4x the verses' amplitude)
+    played at both starts of :func:`chorus_layout`. Returns the track and the two chorus starts in seconds."""
+    starts = chorus_layout(rng, duration_s, chorus_s)
+    y = 0.25 * synth_audio(rng, duration_s, sr, **style)
+    chorus = synth_audio(rng, chorus_s, sr, **{**style, "brightness": min(1.0, style["brightness"] + 0.2)})
+    for s in starts:
+        a = int(round(s * sr))
+        part = chorus[:max(0, len(y) - a)]
+        y[a:a + len(part)] = part
+    return y, starts
+
+
 def synth_lyrics(rng: np.random.Generator, lang: str, n_lines: int, repetition: float) -> str:
     """Lyrics of ``n_lines`` lines (``\\r\\n``-separated like SPD), verses plus a chorus repeated with
     probability ``repetition``."""
@@ -174,11 +199,19 @@ def generate(root: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Pa
     popularity = np.clip(np.round(40 + 16.8 * _z(z)), 0, 100).astype(int)
 
     lyrics, audio_paths = [], []
+    # full-length tracks draw from their own generator, so that the tables are those of the previews' catalogue
+    track_rng = np.random.default_rng([cfg.seed, 1]) if cfg.full_length else rng
+    chorus_starts = np.full((n, 2), np.nan)
+    durations = np.full(n, float(cfg.duration_s))
     for i in range(n):
         lang = artist_lang[track_artist[i]]
         lyrics.append("" if instrumental[i] else synth_lyrics(rng, lang, int(n_lines[i]), repetition[i]))
-        y = synth_audio(rng, cfg.duration_s, cfg.sr, brightness=brightness[i], noisiness=noisiness[i],
-                        tempo=tempo[i], root_hz=root_hz[i])
+        style = dict(brightness=brightness[i], noisiness=noisiness[i], tempo=tempo[i], root_hz=root_hz[i])
+        if cfg.full_length:
+            durations[i] = track_rng.uniform(*cfg.full_length_s)
+            y, chorus_starts[i] = synth_full_track(track_rng, durations[i], cfg.sr, cfg.chorus_s, **style)
+        else:
+            y = synth_audio(rng, cfg.duration_s, cfg.sr, **style)
         path = audio_dir / f"{track_ids[i]}.{cfg.audio_format}"
         sf.write(path, y, cfg.sr, format=cfg.audio_format.upper(),
                  subtype="PCM_16" if cfg.audio_format in ("wav", "flac") else None)
@@ -238,7 +271,8 @@ def generate(root: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Pa
                   "lyrics": lyrics}).to_parquet(paths["manifest"], index=False)
     pd.DataFrame({"track_id": track_ids, "artist_id": [artist_ids[a] for a in track_artist],
                   "popularity": popularity, "brightness": brightness, "noisiness": noisiness, "tempo": tempo,
-                  "n_lyric_lines": n_lines, "artist_appeal": q[track_artist]}).to_parquet(paths["truth"],
-                                                                                        index=False)
+                  "n_lyric_lines": n_lines, "artist_appeal": q[track_artist], "duration_s": durations,
+                  "chorus_start_s": chorus_starts[:, 0], "chorus2_start_s": chorus_starts[:, 1],
+                  }).to_parquet(paths["truth"], index=False)
     (root / "synth_config.json").write_text(pd.Series(asdict(cfg)).to_json(indent=2))
     return paths

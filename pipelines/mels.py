@@ -1,0 +1,88 @@
+"""Ray Data job: the log-mel segments (Mid-30 and HL-30) of every track of a manifest, into a mel store.
+
+    python -m pipelines.mels MANIFEST STORE_DIR            # or: hitmusic mels ...
+    ray job submit --working-dir . -- python -m pipelines.mels MANIFEST STORE_DIR
+
+The input of the CNN families (``--family siamese``): 128 mel bands at 22,050 Hz, Hamming window 4,096, hop
+2,048, 323 frames per 30 s segment, in dB, stored as float16 (see :mod:`hitmodels.melstore` for the layout
+and :mod:`hitmodels.mel` for the segments). Each track is decoded and analysed once here; training and
+scoring read the store. Same rules as ``hitmusic extract``: the manifest (Parquet or CSV with ``track_id``,
+``audio_uri``) or an SPD directory; every URI checked against the input policy (``--allow-*``) and the input
+bounds; a bad track gets a row with its ``error`` and no segments (rows in = rows out) and a count per
+reason is printed; re-running into the same directory resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from hitmodels import melstore
+from hitmodels.config import InputPolicy, MelConfig
+from hitmodels.data import read_manifest
+from hitmodels.entry import module_main
+from hitmodels.fetch import add_policy_arguments, policy_from_args
+from hitmodels.services import init_ray
+from pipelines.extract import _task_env, done_track_ids, summary
+
+
+def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy) -> pa.Table:
+    """Ray Data task: :func:`hitmodels.melstore.mel_row` over a batch, as one Arrow table of the store's schema."""
+    return melstore.rows_to_table([melstore.mel_row(t, u, cfg, policy)
+                                   for t, u in zip(batch["track_id"], batch["audio_uri"])])
+
+
+def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), batch_size: int = 4,
+        block_size: int = 64, policy: InputPolicy | None = None) -> Counter:
+    """Segments of every track of ``manifest`` not yet in ``store``; returns rows per outcome."""
+    import ray
+
+    policy = policy or InputPolicy.for_manifest(manifest)
+    init_ray()
+    store = Path(store)
+    melstore.record_config(store, cfg)
+    df = read_manifest(manifest).drop_duplicates("track_id")
+    done = done_track_ids(store)
+    todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
+    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do", file=sys.stderr)
+    if len(todo):
+        chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
+        ds = ray.data.from_pandas(chunks).map_batches(
+            mel_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size, batch_format="pandas",
+            num_cpus=1, **_task_env(todo["audio_uri"]))
+        ds.write_parquet(str(store))
+    counts = summary(store)
+    print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return counts
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    c = MelConfig()
+    p.add_argument("manifest", type=Path, help="manifest (.parquet/.csv: track_id, audio_uri) or SPD dir")
+    p.add_argument("store", type=Path, help="mel store directory to write (re-runs resume into it)")
+    p.add_argument("--batch-size", type=int, default=4, help="tracks per task call (default 4)")
+    p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
+    p.add_argument("--segment-s", type=float, default=c.segment_s,
+                   help=f"segment length in seconds (default {c.segment_s:.0f}: {c.n_frames} frames)")
+    add_policy_arguments(p)
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    if not 1.0 <= args.segment_s <= 120.0:
+        raise SystemExit(f"mels: --segment-s must be between 1 and 120 seconds, got {args.segment_s}")
+    run(args.manifest, args.store, MelConfig(segment_s=args.segment_s), batch_size=args.batch_size,
+        block_size=args.block_size, policy=policy_from_args(args, args.manifest))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return module_main(__doc__, "python -m pipelines.mels", add_arguments, main_from_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
