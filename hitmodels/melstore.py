@@ -29,6 +29,9 @@ from . import audio
 from .config import FeatureConfig, InputPolicy, MelConfig
 from .mel import SEGMENTS, segments
 
+# The column of model rows that carries a track's segment (float16 bytes of :func:`encode`), for the models on
+# log-mel input; :func:`attach` fills it from a store.
+MEL_COLUMN = "mel"
 MEL_CONFIG_FILE = "_mel_config.json"  # a leading underscore keeps it out of Arrow's dataset discovery
 SCHEMA = pa.schema([("track_id", pa.string()), ("error", pa.string()), ("duration_s", pa.float64()),
                     ("mid30_start_s", pa.float64()), ("hl30_start_s", pa.float64()),
@@ -139,3 +142,20 @@ class MelStore:
                     out[i] = decode(data, cfg)
                     found[i] = True
         return out, found
+
+
+def attach(table: pd.DataFrame, store: str | Path, segment: str) -> pd.DataFrame:
+    """``table`` with :data:`MEL_COLUMN` holding each track's ``segment`` from ``store``; tracks without one (not
+    in the store, or with an error there) are dropped, with a count on stderr. ``attrs["mel_config"]`` records
+    the store's settings."""
+    import sys
+
+    st = MelStore(store)
+    arr, found = st.load(table["track_id"].astype(str).tolist(), segment)
+    out = table[found].reset_index(drop=True).copy()
+    out[MEL_COLUMN] = [encode(a) for a in arr[found]]
+    if (~found).any():
+        print(f"mels: {int((~found).sum())} of {len(table)} tracks have no {segment} segment in {store}; left out",
+              file=sys.stderr)
+    out.attrs = {**table.attrs, "mel_config": asdict(st.config)}
+    return out

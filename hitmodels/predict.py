@@ -224,6 +224,11 @@ class RowModel(mlflow.pyfunc.PythonModel):
                 if proba is not None:
                     proba[a:a + chunk_rows] = q
         pop *= 100.0
+        return self.answer(pop, proba)
+
+    def answer(self, pop: np.ndarray, proba: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The output columns from popularity 0-100 ``(n,)`` float64 (clipped in place) and the class
+        probabilities ``(n, 3)`` (``None`` without a class head)."""
         # a linear or tree model can leave the range popularity lives in; a sigmoid output never does
         np.clip(pop, 0.0, 100.0, out=pop)
         out = {"popularity": pop}

@@ -33,6 +33,7 @@ from .bundle import bundle_artifacts, feature_config_of, load_bundle, write_bund
 from .config import CLASS_NAMES, FEATURE_SCHEMA_VERSION, TrainConfig
 from .config import tracking_uri as resolve_tracking_uri
 from .data import feature_columns, training_rows
+from .melstore import MEL_COLUMN
 from .evaluate import class_metrics, interval_metrics, label_metrics, ranking_metrics, regression_metrics
 from .predict import popularity_class
 
@@ -180,6 +181,8 @@ def score(truth: np.ndarray, out: pd.DataFrame, thresholds: tuple[float, float],
 
 def dataset_fingerprint(table: pd.DataFrame) -> str:
     """Hash of the model table's content and the feature schema version (row order does not matter)."""
+    # a family's own input (log-mel segments) is not the table's content: the same table, the same fingerprint
+    table = table.drop(columns=[MEL_COLUMN], errors="ignore")
     h = pd.util.hash_pandas_object(table.sort_values("track_id").reset_index(drop=True), index=False)
     return f"v{FEATURE_SCHEMA_VERSION}-{int(h.sum()) & 0xFFFFFFFFFFFF:012x}"
 
@@ -212,7 +215,7 @@ def train(table: pd.DataFrame, cfg: TrainConfig = TrainConfig(), tracking_uri: s
     fam.check(cfg)
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     feature_config = feature_config_of(table)
-    table = training_rows(table)
+    table = fam.prepare(training_rows(table), cfg)
     columns = feature_columns(table)
     if len(table) < 20:
         raise ValueError(f"model table has {len(table)} rows; at least 20 are needed to split and train")
@@ -269,10 +272,12 @@ def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, trackin
     (nested under ``parent_run_id`` when given). ``counts`` gives the rows it was fitted on where that was
     not ``split_rows``' fit / validation / calibration (a retraining after tuning)."""
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    table = training_rows(table)
-    s = split_rows(table, cfg)
     model = load_bundle(bundle)
     fam = families.get(model.family)
+    table = training_rows(table)
+    if MEL_COLUMN not in table:  # rows as the family fitted them (a retraining hands over the raw table)
+        table = fam.prepare(table, cfg)
+    s = split_rows(table, cfg)
     with _run(cfg, parent_run_id) as run:
         fingerprint = dataset_fingerprint(table)
         n = {"train": len(s.fit), "val": len(s.val), "calib": len(s.calib), **(counts or {}), "test": len(s.test)}

@@ -55,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", choices=CONFIGS, default=None,
                    help="a named configuration: the paper's 1-A ... 3-D, or 1-S, the small-table variant "
                         "(default: 1-S)")
-    p.add_argument("--model-name", default=d.model_name, help=f"registered model name (default {d.model_name})")
+    p.add_argument("--model-name", default=None,
+                   help=f"registered model name (default: the family's, {d.model_name} for the families on "
+                        "feature rows, siamese-cnn for the Siamese CNN)")
+    p.add_argument("--mels", type=Path, default=None,
+                   help="mel store (hitmusic mels) of a family on log-mel input (--family siamese)")
     p.add_argument("--experiment", default=d.experiment, help=f"MLflow experiment (default {d.experiment})")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--delta", type=float, default=None, help="autoencoder code size / input size (overrides --config)")
@@ -118,9 +122,15 @@ def parse_params(items: list[str]) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     family = getattr(args, "family", TrainConfig.family)
+    fam = families.get(family)
+    params = parse_params(getattr(args, "param", []))
+    if getattr(args, "mels", None) is not None:
+        if fam.input_kind != "mel":
+            raise ValueError(f"--mels: the {family} family takes feature rows, not log-mel segments")
+        params["mels"] = str(args.mels.resolve())
     cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, classifier=not args.no_classifier,
-                      model_name=args.model_name, experiment=args.experiment, family=family,
-                      params=parse_params(getattr(args, "param", [])),
+                      model_name=args.model_name or fam.registered_model, experiment=args.experiment, family=family,
+                      params=params,
                       name=family if family != "hitmusicnet" else TrainConfig.name, **fit_settings(args))
     network_options = {"--config": args.config, "--delta": args.delta, "--optimizer": args.optimizer,
                        "--initialiser": args.initialiser, "--lr": args.lr}

@@ -58,6 +58,9 @@ class Family:
     higher_is_better: bool = False
     defaults: dict = {}  # the family's own settings (``TrainConfig.params``) and their defaults
     early_stops: bool = False  # whether fit() uses the validation rows (else they may be fitted on)
+    # the registered model its versions go to by default: the families on feature rows compete for one
+    # champion; a family on other input has a registered model (and a champion) of its own
+    registered_model: str = "hitmusicnet"
 
     def default_config(self, base: TrainConfig) -> TrainConfig:
         """The configuration ``hitmusic train`` and the leaderboard use when none is named."""
@@ -76,6 +79,12 @@ class Family:
                 raise ValueError(f"{self.name} setting {key} must be a number, got {value!r}")
         if cfg.class_weight not in ("none", "balanced"):
             raise ValueError(f"unknown class weighting {cfg.class_weight!r}; choose 'none' or 'balanced'")
+
+    def prepare(self, table: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
+        """The model table's training rows as :meth:`fit` takes them, before any split: a family on another
+        input than feature rows joins it here (the Siamese family adds each track's log-mel segment, leaving
+        out tracks without one). Feature-row families take the rows as they are."""
+        return table
 
     def fit(self, fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.DataFrame, columns: list[str],
             cfg: TrainConfig, log: bool = False, on_epoch: Callable[[str, int, dict], None] | None = None,
@@ -126,7 +135,7 @@ class Family:
             from hitmodels.train import retrain_rows
 
             raw = pd.read_parquet(table_path)
-            table = training_rows(raw)
+            table = self.prepare(training_rows(raw), cfg)
             fit, stop, calib = retrain_rows(table, cfg)
             fitted = self.fit(fit, stop, calib, feature_columns(table), cfg)
             with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +167,7 @@ class Family:
 
         ctx = config["context"]
         cfg = self.configure(config, TrainConfig(**ctx["base"]))
-        table = training_rows(pd.read_parquet(ctx["table"]))
+        table = self.prepare(training_rows(pd.read_parquet(ctx["table"])), cfg)
         s = split_rows(table, cfg)
         mlflow.set_tracking_uri(ctx["tracking_uri"])
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),

@@ -8,7 +8,6 @@ conformal calibrator) sees those rows only.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from hitmodels.config import CLASS_NAMES, TrainConfig
+from hitmodels.devices import resolve_device, torch_threads  # noqa: F401 (re-exported)
 from hitmodels.families.base import Fitted
 from hitmodels.predict import Preprocessor, class_labels, class_thresholds
 
@@ -62,20 +62,6 @@ def effective_batch_size(batch_size: int, n_train: int, min_steps: int = 10) -> 
     return max(1, min(batch_size, max(8, n_train // min_steps)))
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Temporarily use ``n`` intra-op threads (None: leave torch's setting alone)."""
-    if n is None:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _same_module(model: nn.Module) -> nn.Module:
     return model
 
@@ -101,17 +87,6 @@ class Parallel:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return (t / self.world_size).tolist()
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when this process can use a GPU, else the CPU; ``"cpu"``/``"cuda"`` as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no GPU here (is this the CPU build of torch?)")
-    return torch.device(name)
 
 
 def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:

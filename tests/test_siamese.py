@@ -1,0 +1,180 @@
+"""The Siamese family: its loss and samplers on hand-made examples, a short fit that learns, pairs drawn only
+from fit rows, the bundle round trip, and a version trained from a real mel store and registered in a real
+MLflow server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hitmodels import melstore, ranking
+from hitmodels.config import MelConfig, TrainConfig
+from hitmodels.families import get
+
+
+def test_siamese_loss_on_hand_made_pairs():
+    s_i, s_j = torch.tensor([0.5, 0.5, 0.3]), torch.tensor([0.4, 0.4, 0.3])
+    y_i, y_j = torch.tensor([0.6, 0.2, 0.5]), torch.tensor([0.3, 0.4, 0.5])
+    # pair 0 ranked right by 0.1 (hinge 0 at margin 0.05), pair 1 wrong by 0.1 (hinge 0.15), pair 2 tied truth
+    mse = 0.5 * ((s_i - y_i) ** 2 + (s_j - y_j) ** 2).mean()
+    assert ranking.siamese_loss(s_i, s_j, y_i, y_j, 0.0, 0.05) == pytest.approx(float(mse))
+    assert ranking.siamese_loss(s_i, s_j, y_i, y_j, 1.0, 0.05) == pytest.approx((0.0 + 0.15) / 2)
+    assert ranking.siamese_loss(s_i, s_j, y_i, y_j, 1.0, 0.2) == pytest.approx((0.1 + 0.3) / 2)
+    w = 0.3
+    assert ranking.siamese_loss(s_i, s_j, y_i, y_j, w, 0.05) == pytest.approx((1 - w) * float(mse) + w * 0.075)
+    # the fixed objective over all pairs agrees with a brute force
+    rng = np.random.default_rng(0)
+    s, y = rng.uniform(size=30), np.round(rng.uniform(size=30), 1)
+    pairs = [(a, b) for a in range(30) for b in range(30) if y[a] != y[b]]
+    hinge = np.mean([max(0.0, 0.05 - np.sign(y[a] - y[b]) * (s[a] - s[b])) for a, b in pairs])
+    assert ranking.objective(s, y, 0.4, 0.05) == pytest.approx(0.6 * np.mean((s - y) ** 2) + 0.4 * hinge)
+
+
+def test_samplers_on_hand_made_rows():
+    rng = np.random.default_rng(1)
+    y = np.array([0.9, 0.1, 0.2, 0.3, 0.8, 0.15, 0.05, 0.25, 0.7])
+    for _ in range(20):
+        naive = ranking.naive_pairs(len(y), rng)
+        assert naive.shape == (4, 2) and len(set(naive.ravel())) == 8  # without replacement
+        ab = ranking.ab_pairs(y, rng)
+        above = y > y.mean()
+        assert len(ab) and all(above[a] or above[b] for a, b in ab)  # never two below-mean tracks
+        assert set(np.flatnonzero(~above)) <= set(ab.ravel())  # every below-mean track is used
+        assert all(a != b for a, b in ab)
+    artists = np.array(["x", "x", "x", "y", "y", "z", "w", "w", "w"])
+    for _ in range(20):
+        pairs = ranking.artist_pairs(artists, rng)
+        assert len(pairs) and all(artists[a] == artists[b] and a != b for a, b in pairs)
+        assert 5 not in pairs.ravel()  # z has one track: no pair
+        assert set(pairs.ravel()) == set(range(9)) - {5}
+    assert ranking.ab_pairs(np.zeros(4), rng).shape == (0, 2)
+    with pytest.raises(ValueError, match="unknown pair sampling"):
+        ranking.sample_pairs("random", y, artists, rng)
+
+
+def synthetic_rows(n: int, seed: int, cfg: MelConfig = MelConfig(segment_s=5.0)) -> pd.DataFrame:
+    """Rows whose popularity is carried by the level of the low mel bands: a CNN can learn it quickly."""
+    rng = np.random.default_rng(seed)
+    pop = rng.uniform(5, 95, n)
+    mels = rng.normal(-40, 4, (n, cfg.n_mels, cfg.n_frames)).astype(np.float32)
+    mels[:, :16, :] += (pop[:, None, None] - 50) / 2.5
+    rows = pd.DataFrame({"track_id": [f"t{seed}-{i}" for i in range(n)], "artist_id": [f"a{i % max(1, n // 3)}" for i in range(n)],
+                         "popularity": pop, "genre_pop": rng.integers(0, 2, n).astype(float),
+                         melstore.MEL_COLUMN: [melstore.encode(m) for m in mels]})
+    rows.attrs["mel_config"] = {**MelConfig().__dict__, "segment_s": cfg.segment_s}
+    return rows
+
+
+@pytest.mark.parametrize("sampling", ["none", "ab", "ab+artist"])
+def test_short_fit_lowers_the_loss_and_round_trips(tmp_path, sampling):
+    fam = get("siamese")
+    cfg = TrainConfig(family="siamese", params={"sampling": sampling, "epochs": 12, "patience": 12, "lr": 3e-3,
+                                                "mu": 0.3})
+    fam.check(cfg)
+    fit, val, calib, test = (synthetic_rows(n, s) for n, s in ((96, 0), (24, 1), (24, 2), (30, 3)))
+    fitted = fam.fit(fit, val, calib, ["genre_pop"], cfg)
+    for stage in fitted.history.values():
+        assert stage[-1]["loss"] < stage[0]["loss"]  # it learns
+    model = fitted.model
+    assert len(model.nets) == (2 if sampling == "ab+artist" else 1) and sum(model.meta.fusion) == pytest.approx(1)
+    out = fitted.predict(test)
+    assert list(out.columns) == model.outputs and "percentile" in out
+    assert out["percentile"].between(0, 100).all() and out["popularity"].between(0, 100).all()
+    rho = np.corrcoef(out["popularity"], test["popularity"])[0, 1]
+    assert rho > 0.5, rho
+    from hitmodels.bundle import load_bundle, write_bundle
+
+    write_bundle(tmp_path / "b", model)
+    again = load_bundle(tmp_path / "b")
+    pd.testing.assert_frame_equal(again.predict(None, test), out)
+    assert again.columns == ["mel", "genre_pop"]
+    with pytest.raises(ValueError, match="missing input column 'mel'"):
+        again.predict(None, test.drop(columns=["mel"]))
+    with pytest.raises(ValueError, match="not feature rows"):
+        again.predict_array(np.zeros((1, 1)))
+
+
+def test_pairs_come_only_from_fit_rows(monkeypatch):
+    from hitmodels.families.siamese import fit as siamese_fit
+    from hitmodels.train import split_rows
+
+    table = pd.concat([synthetic_rows(60, 0), synthetic_rows(40, 9)], ignore_index=True)
+    table.attrs = synthetic_rows(2, 0).attrs
+    cfg = TrainConfig(family="siamese", params={"sampling": "artist", "epochs": 2})
+    s = split_rows(table, cfg)
+    seen: list[np.ndarray] = []
+    real = siamese_fit.sample_pairs
+
+    def recording(kind, y, artists, rng):
+        pairs = real(kind, y, artists, rng)
+        seen.append(np.asarray(artists, dtype=object)[pairs])
+        assert pairs.max() < len(s.fit)
+        return pairs
+
+    monkeypatch.setattr(siamese_fit, "sample_pairs", recording)
+    get("siamese").fit(s.fit, s.val, s.calib, [], cfg)
+    assert seen
+    fit_artists = set(s.fit["artist_id"])
+    for labels in seen:
+        assert (labels[:, 0] == labels[:, 1]).all() and set(labels.ravel()) <= fit_artists
+
+
+def test_settings_are_checked():
+    fam = get("siamese")
+    for bad, match in (({"sampling": "random"}, "unknown sampling"), ({"segment": "intro"}, "unknown segment"),
+                       ({"w": 1.5}, "out of range"), ({"depth": 3}, "no setting")):
+        with pytest.raises(ValueError, match=match):
+            fam.check(TrainConfig(family="siamese", params=bad))
+    with pytest.raises(ValueError, match="needs a mel store"):
+        fam.prepare(pd.DataFrame({"track_id": ["a"]}), TrainConfig(family="siamese"))
+
+
+@pytest.fixture(scope="module")
+def siamese_table(ray_local, tiny_catalogue, tmp_path_factory):
+    """The tiny catalogue's truth as a model table and its mel store (made by the real Ray Data job)."""
+    from pipelines import mels
+
+    store = tmp_path_factory.mktemp("mels") / "store"
+    mels.run(tiny_catalogue["manifest"], store)
+    truth = pd.read_parquet(tiny_catalogue["truth"])
+    table = truth[["track_id", "artist_id", "popularity"]].assign(error=None, genre_pop=0.0)
+    path = tmp_path_factory.mktemp("table") / "table.parquet"
+    table.to_parquet(path)
+    return path, store
+
+
+@pytest.mark.integration
+def test_a_siamese_version_is_registered_and_loads_as_data(siamese_table, mlflow_uri):
+    from hitmodels.registry import ModelRef, load_model
+    from hitmodels.train import SPLIT_ARTIFACT, train
+    from pipelines.train import add_arguments, config_from_args
+    import argparse
+    import mlflow
+
+    path, store = siamese_table
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args([str(path), "--family", "siamese", "--mels", str(store), "--param", "epochs=3",
+                         "--param", "sampling=ab"])
+    cfg = config_from_args(args)
+    assert cfg.model_name == "siamese-cnn" and cfg.params["mels"] == str(store.resolve())
+    result = train(pd.read_parquet(path), cfg, mlflow_uri)
+    assert result.model_name == "siamese-cnn" and result.family == "siamese"
+    assert {"test_mae", "test_kendall_top10", "test_ndcg_top10"} <= set(result.metrics)
+    model = load_model(ModelRef("siamese-cnn", result.version), mlflow_uri)
+    assert model.family == "siamese" and model.columns == ["mel"]
+    client = mlflow.MlflowClient(mlflow_uri)
+    mv = client.get_model_version("siamese-cnn", result.version)
+    assert mv.tags["input_kind"] == "mel" and mv.tags["model_family"] == "siamese"
+    assert "Siamese CNN" in mv.description and "ab pairs" in mv.description
+    split = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/{SPLIT_ARTIFACT}")
+    table = get("siamese").prepare(pd.read_parquet(path), cfg)
+    test = table[table["track_id"].isin(split["test_track_ids"])]
+    assert len(test) == len(split["test_track_ids"]) > 0
+    # the registered version answers what the metrics were computed from
+    from hitmodels.evaluate import regression_metrics
+
+    out = model.predict(None, test)
+    assert regression_metrics(test["popularity"], out["popularity"])["mae"] == pytest.approx(result.metrics["test_mae"])
