@@ -6,7 +6,9 @@
 TABLE is a Parquet file or directory, or a CSV, local or ``s3://`` (an S3-compatible endpoint is taken from
 ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``). Either it carries the model's feature columns (as
 ``hitmusic build`` writes them), or it is a manifest with ``audio_uri`` (and optional ``lyrics`` and metadata
-columns): features are then extracted first, exactly as ``hitmusic extract`` does.
+columns): features are then extracted first, exactly as ``hitmusic extract`` does. A model on log-mel segments
+(``--model siamese-cnn``) scores an audio manifest (its segments computed per row, as ``hitmusic mels`` does)
+or a mel store directory.
 
 The alias is resolved to one version before the job starts, so every row of a run is scored by the same
 version even if the alias moves meanwhile. Output per row: ``track_id, popularity, class``, the interval and
@@ -127,16 +129,19 @@ def predict_rows(predict, X: np.ndarray) -> tuple[dict[str, np.ndarray] | None, 
         return {k: np.concatenate([(o or blank)[k] for o in outs]) for k in template}, errors
 
 
-def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, schema: pa.Schema) -> pa.Table:
+def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, schema: pa.Schema,
+                inputs: tuple[np.ndarray, list[str | None]] | None = None) -> pa.Table:
     """Score one Arrow batch into ``schema``; a row carrying an extraction error, a non-numeric value or a
-    value the model rejects keeps its place with null scores and the reason in ``error``."""
+    value the model rejects keeps its place with null scores and the reason in ``error``. ``inputs``: the
+    model's inputs and per-row errors when the caller built them (log-mel models), instead of
+    :func:`feature_matrix` of ``columns``."""
     n = batch.num_rows
     errors = np.full(n, None, dtype=object)
     if "error" in batch.column_names:
         for i, e in enumerate(batch.column("error").to_pylist()):
             if e:
                 errors[i] = f"features: {e}"
-    X, value_errors = feature_matrix(batch, columns)
+    X, value_errors = inputs if inputs is not None else feature_matrix(batch, columns)
     for i, e in enumerate(value_errors):
         if e is not None and errors[i] is None:
             errors[i] = e
@@ -207,6 +212,38 @@ def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema
                 frame[c] = np.nan
         batch = pa.Table.from_pandas(frame, preserve_index=False)
     return score_table(array_predictor(model, columns, precision), columns, ref, batch, schema)
+
+
+def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema, source: str,
+                    policy: InputPolicy | None = None) -> pa.Table:
+    """Ray Data task for a model on log-mel segments: its segment of each row, from the row's ``audio_uri``
+    (``source="audio"``, computed as ``hitmusic mels`` does, same errors) or from a mel store's row
+    (``source="store"``), and its metadata columns when the batch has them (else imputed); then scored. A row
+    without a segment keeps its place with the reason in ``error``."""
+    from hitmodels import melstore
+
+    model = cached_model(ref, tracking_uri)
+    df = batch.to_pandas()
+    segment = model.segment
+    if source == "audio":
+        rows = [melstore.mel_row(t, u, model.mel_config, policy) for t, u in zip(df["track_id"], df["audio_uri"])]
+        errors = [f"audio: {r['error']}" if r["error"] else None for r in rows]
+        segments = [r.get(segment) or r.get("mid30") for r in rows]
+    else:
+        # pandas reads Arrow's nulls as NaN in text columns and None in binary ones
+        errors = [f"mel store: {e}" if isinstance(e, str) and e else None for e in df["error"]]
+        hl = df["hl30"] if segment == "hl30" else pd.Series([None] * len(df))
+        segments = [h if isinstance(h, bytes) else m for h, m in zip(hl, df["mid30"])]
+    frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
+    for c in model.columns[1:]:
+        frame[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
+
+    def predict(P: np.ndarray) -> dict[str, np.ndarray]:
+        out = model.predict(None, frame.iloc[P[:, 0]].reset_index(drop=True))
+        return {c: out[c].to_numpy() for c in out.columns}
+
+    plain = batch.drop_columns([c for c in ("error",) if c in batch.column_names])
+    return score_table(predict, [], ref, plain, schema, (np.arange(len(df))[:, None], errors))
 
 
 def parquet_pieces(fs: pafs.FileSystem, path: str) -> list[dict]:
@@ -308,6 +345,10 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
     # Fail before any work if the table cannot feed the model at all (a schema problem, not a bad row).
     if "track_id" not in have:
         raise ValueError(f"{table} has no track_id column")
+    from hitmodels import families
+
+    if families.get(model.family).input_kind == "mel":
+        return _run_mel(table, out_dir, ref, model, have, tracking_uri, batch_size, policy)
     metadata_only = [c for c in columns if c not in have]
     extract = None
     if metadata_only and "audio_uri" in have:
@@ -316,14 +357,7 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
-    done, versions = scored(out_dir)
-    if versions - {ref.version}:
-        # one output, one version: finishing an interrupted run with another one would mix them silently
-        raise ValueError(f"{out_dir} already holds scores by {model_name} version(s) {sorted(versions)}, but "
-                         f"{version!r} is version {ref.version} now: score into a new directory, or pass "
-                         f"--version {sorted(versions)[0]} to finish the earlier run")
-    if done:
-        print(f"score: {len(done)} tracks already scored in {out_dir}: skipped", file=sys.stderr)
+    done = _done_and_same_version(out_dir, ref)
     schema = output_schema(model_outputs(model))
     if extract is None and not path.endswith(".csv"):
         pieces = parquet_pieces(fs, path)
@@ -350,6 +384,58 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
     out_fs, out_path = filesystem(out_dir)
     ds.write_parquet(out_path, filesystem=out_fs)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
+    return ref
+
+
+def _done_and_same_version(out_dir: str, ref: ModelRef) -> set[str]:
+    """Track ids already scored in ``out_dir``; refuses an output scored by another version."""
+    done, versions = scored(out_dir)
+    if versions - {ref.version}:
+        # one output, one version: finishing an interrupted run with another one would mix them silently
+        raise ValueError(f"{out_dir} already holds scores by {ref.name} version(s) {sorted(versions)}, not "
+                         f"version {ref.version}: score into a new directory, or pass --version "
+                         f"{sorted(versions)[0]} to finish the earlier run")
+    if done:
+        print(f"score: {len(done)} tracks already scored in {out_dir}: skipped", file=sys.stderr)
+    return done
+
+
+def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tracking_uri: str,
+             batch_size: int, policy: InputPolicy | None) -> ModelRef:
+    """:func:`run` for a model on log-mel segments: ``table`` is a mel store (``hitmusic mels``) or an audio
+    manifest (segments computed per row)."""
+    import ray
+
+    from hitmodels.melstore import MEL_CONFIG_FILE, MelStore
+
+    is_store = not table.startswith("s3://") and (Path(table) / MEL_CONFIG_FILE).is_file()
+    if is_store:
+        store = MelStore(table)
+        if store.config != model.mel_config:
+            raise ValueError(f"{table} holds segments computed with other settings ({store.config}) than "
+                             f"{ref.uri} was trained on ({model.mel_config})")
+        source, read = "store", ray.data.read_parquet(store.files)
+    elif "audio_uri" in have:
+        fs, path = filesystem(table)
+        source = "audio"
+        read = ray.data.read_csv(path, filesystem=fs) if path.endswith(".csv") else \
+            ray.data.read_parquet(path, filesystem=fs)
+    else:
+        raise ValueError(f"{ref.uri} is a {model.family} model on log-mel segments: score an audio manifest "
+                         f"(audio_uri) or a mel store (hitmusic mels), not {table}")
+    done = _done_and_same_version(out_dir, ref)
+    if done:
+        from ray.data.expressions import col
+
+        read = read.filter(expr=~col("track_id").is_in(sorted(done)))
+    schema = output_schema(model_outputs(model))
+    ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
+                          batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
+                                     "policy": policy or InputPolicy.for_manifest(table)})
+    out_fs, out_path = filesystem(out_dir)
+    ds.write_parquet(out_path, filesystem=out_fs)
+    print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
     return ref
 
 

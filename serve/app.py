@@ -89,6 +89,8 @@ class Prediction(BaseModel):
     p_low: float | None = None
     p_medium: float | None = None
     p_high: float | None = None
+    percentile: float | None = Field(None, description="models on log-mel segments: the hit score's percentile "
+                                                        "among the training tracks' scores, 0-100")
 
 
 class PredictResponse(BaseModel):
@@ -237,6 +239,21 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSe
     return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text, policy=policy)}
 
 
+def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segment: str) -> bytes:
+    """The ``segment`` (``hl30`` or ``mid30``) of an uploaded file as the mel store keeps it (float16 bytes),
+    computed with the served model's :class:`~hitmodels.config.MelConfig`; 422 naming the file and the reason
+    if the audio is unusable or longer than ``max_duration_s``."""
+    from hitmodels import audio, melstore
+
+    try:
+        y, sr = audio.decode(data, cfg.sr, name=name, max_duration_s=settings.max_duration_s)
+        audio.check_usable(y, sr, melstore.audio_config(cfg), name=name)
+    except audio.AudioError as exc:
+        raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
+    row = melstore.segment_row(y, sr, cfg)
+    return row[segment] or row["mid30"]
+
+
 def short_reason(exc: Exception) -> str:
     """What ``/healthz`` says about a failed registry call: the kind of failure, never the exception's text
     (which can carry URLs, hosts and server internals)."""
@@ -270,6 +287,7 @@ class Served:
     model: Any
     columns: list[str]
     info: dict
+    kind: str = "rows"  # the family's input: "rows" (feature rows) or "mel" (log-mel segments of audio)
 
 
 class ModelHolder:
@@ -308,9 +326,9 @@ class ModelHolder:
         from hitmodels import families
 
         kind = families.get(model.family).input_kind
-        if kind != "rows":  # /predict takes feature rows; other inputs need their own endpoint
-            raise LookupError(f"version {version} is a {model.family} model on {kind!r} input; this service "
-                              "answers models on feature rows")
+        if kind not in ("rows", "mel"):
+            raise LookupError(f"version {version} is a {model.family} model on {kind!r} input, which this "
+                              "service cannot feed")
         client = mlflow.MlflowClient(self.tracking_uri)
         mv = client.get_model_version(name, version)
         run = client.get_run(mv.run_id) if mv.run_id else None
@@ -322,8 +340,8 @@ class ModelHolder:
                 "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")}}
         columns = model.columns
         return Served(name, version, model, list(columns), {
-            **info, "family": model.family, "config": model.config, "outputs": list(model.outputs),
-            "n_features": len(columns)})
+            **info, "family": model.family, "input": kind, "config": model.config, "outputs": list(model.outputs),
+            "n_features": len(columns)}, kind)
 
     def poll(self) -> bool:
         """Ask the registry where the alias points; load and swap if it moved. Returns True on a swap."""
@@ -417,16 +435,25 @@ class HitMusicService:
 
     @api.get("/features")
     def features(self) -> dict:
-        """The feature columns every row of ``/predict`` must carry."""
-        return {"columns": self.holder.served.columns}
+        """The feature columns every row of ``/predict`` must carry (a model on log-mel segments: the
+        metadata columns ``/predict/audio`` takes, besides the audio)."""
+        served = self.holder.served
+        if served.kind == "mel":
+            return {"input": "mel", "columns": served.columns[1:]}
+        return {"input": "rows", "columns": served.columns}
 
     @api.post("/predict", response_model=PredictResponse, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}})
     async def predict(self, request: Request) -> Response:
         self._in_flight += 1
         try:
+            served = self.holder.served
+            if served.kind != "rows":
+                raise HTTPException(422, detail=[{"loc": ["body"], "msg": (
+                    f"{served.name} version {served.version} is a {served.model.family} model on log-mel segments "
+                    "of the audio, not on feature rows: POST the audio file to /predict/audio")}])
             rows = parse_rows(await request.body())
-            return await self._answer(validate_rows(rows, self.holder.served.columns, self.settings.max_rows))
+            return await self._answer(validate_rows(rows, served.columns, self.settings.max_rows))
         finally:
             self._in_flight -= 1
 
@@ -445,10 +472,13 @@ class HitMusicService:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             raise HTTPException(422, detail=[{"loc": ["body", "metadata"], "msg": f"invalid JSON object: {exc}"}])
+        served = self.holder.served
+        if served.kind == "mel":
+            return await self._answer_mel(served, data, file.filename or "upload", meta, track_id)
         # feature extraction takes a few hundred ms of CPU: keep it off the event loop
         row = await asyncio.to_thread(audio_feature_row, data, file.filename or "upload", lyrics, self.settings,
-                                      self.holder.served.model.feature_config)
-        columns = self.holder.served.columns
+                                      served.model.feature_config)
+        columns = served.columns
         unknown = sorted(set(meta) - set(columns))
         if unknown:
             raise HTTPException(422, detail=[{"loc": ["body", "metadata", k], "msg": "unknown field"} for k in unknown])
@@ -458,6 +488,31 @@ class HitMusicService:
         validate_rows([given], [c for c in columns if c in given], 1)
         return await self._answer(Rows(np.array([[full[c] for c in columns]], dtype=np.float64),
                                        [track_id or None]))
+
+
+    async def _answer_mel(self, served: Served, data: bytes, name: str, meta: dict, track_id: str) -> Response:
+        """``/predict/audio`` for a model on log-mel segments: the segment it was trained on, computed as
+        ``hitmusic mels`` does, plus the metadata (tag) columns it takes."""
+        import pandas as pd
+
+        from hitmodels.melstore import MEL_COLUMN
+
+        model = served.model
+        columns = served.columns[1:]
+        unknown = sorted(set(meta) - set(columns))
+        if unknown:
+            raise HTTPException(422, detail=[{"loc": ["body", "metadata", k], "msg": "unknown field"} for k in unknown])
+        if meta:
+            validate_rows([meta], list(meta), 1)
+        segment = await asyncio.to_thread(audio_mel_segment, data, name, self.settings, model.mel_config,
+                                          model.segment)
+        frame = pd.DataFrame([{MEL_COLUMN: segment, **{c: meta.get(c, float("nan")) for c in columns}}])
+        out = await asyncio.to_thread(model.predict, None, frame)
+        self.requests_direct += 1
+        return Response(orjson.dumps({"model_name": served.name, "model_version": served.version,
+                                      "predictions": [{"track_id": track_id or None,
+                                                       **{k: out[k].tolist()[0] for k in out.columns}}]}),
+                        media_type="application/json")
 
 
 def build_app(args: dict[str, str]) -> serve.Application:

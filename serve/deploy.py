@@ -1,9 +1,13 @@
 """Deploy the Serve application on the running Ray instance (what ``hitmusic serve`` does).
 
     python -m serve.deploy --model hitmusicnet --alias champion --port 8000
+    python -m serve.deploy --model siamese-cnn           # beside it, under /siamese-cnn
 
 Equivalent to ``serve deploy serve/config.yaml`` with the same arguments; the config file is the place for
-replicas and autoscaling on a cluster.
+replicas and autoscaling on a cluster. Each registered model is an application of its own: ``hitmusicnet``
+(the champion of the families on feature rows) at ``/``, any other model at ``/<model name>`` (its own
+application, ``hitmusic-<model name>``), so that a HitMusicNet and a Siamese champion are served side by side
+by the same HTTP proxy; ``--route-prefix`` overrides.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ def deploy(settings: ServeSettings = ServeSettings(), host: str = "127.0.0.1", p
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
+def placement(model_name: str) -> tuple[str, str]:
+    """``(application name, route prefix)`` of a registered model's service."""
+    if model_name == ServeSettings.model_name:
+        return APP_NAME, "/"
+    return f"{APP_NAME}-{model_name}", f"/{model_name}"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeSettings()
     p.add_argument("--model", default=d.model_name, help=f"registered model name (default {d.model_name})")
@@ -44,12 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between registry polls for a moved alias (default {d.poll_interval_s})")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--route-prefix", default=None,
+                   help="URL prefix of the service (default / for hitmusicnet, /<model> for any other model)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     settings = ServeSettings(model_name=args.model, alias=args.alias, tracking_uri=args.tracking_uri,
                              poll_interval_s=args.poll_interval)
-    url = deploy(settings, args.host, args.port)
+    app_name, prefix = placement(args.model)
+    url = deploy(settings, args.host, args.port, app_name, args.route_prefix or prefix)
     print(f"serving {args.model}@{args.alias} at {url} (docs: {url}/docs)")
     return 0
 

@@ -145,13 +145,13 @@ def siamese_table(ray_local, tiny_catalogue, tmp_path_factory):
     return path, store
 
 
-@pytest.mark.integration
-def test_a_siamese_version_is_registered_and_loads_as_data(siamese_table, mlflow_uri):
-    from hitmodels.registry import ModelRef, load_model
-    from hitmodels.train import SPLIT_ARTIFACT, train
-    from pipelines.train import add_arguments, config_from_args
+@pytest.fixture(scope="module")
+def siamese_version(siamese_table, mlflow_uri):
+    """A Siamese version trained through ``hitmusic train``'s own argument handling."""
     import argparse
-    import mlflow
+
+    from hitmodels.train import train
+    from pipelines.train import add_arguments, config_from_args
 
     path, store = siamese_table
     p = argparse.ArgumentParser()
@@ -160,7 +160,18 @@ def test_a_siamese_version_is_registered_and_loads_as_data(siamese_table, mlflow
                          "--param", "sampling=ab"])
     cfg = config_from_args(args)
     assert cfg.model_name == "siamese-cnn" and cfg.params["mels"] == str(store.resolve())
-    result = train(pd.read_parquet(path), cfg, mlflow_uri)
+    return cfg, train(pd.read_parquet(path), cfg, mlflow_uri)
+
+
+@pytest.mark.integration
+def test_a_siamese_version_is_registered_and_loads_as_data(siamese_table, siamese_version, mlflow_uri):
+    import mlflow
+
+    from hitmodels.registry import ModelRef, load_model
+    from hitmodels.train import SPLIT_ARTIFACT
+
+    path, store = siamese_table
+    cfg, result = siamese_version
     assert result.model_name == "siamese-cnn" and result.family == "siamese"
     assert {"test_mae", "test_kendall_top10", "test_ndcg_top10"} <= set(result.metrics)
     model = load_model(ModelRef("siamese-cnn", result.version), mlflow_uri)
@@ -178,3 +189,79 @@ def test_a_siamese_version_is_registered_and_loads_as_data(siamese_table, mlflow
 
     out = model.predict(None, test)
     assert regression_metrics(test["popularity"], out["popularity"])["mae"] == pytest.approx(result.metrics["test_mae"])
+
+
+@pytest.mark.integration
+def test_siamese_and_rows_champions_served_side_by_side_and_batch_scored(siamese_table, siamese_version, mlflow_uri,
+                                                                         serve_port, shared_dir, tmp_path):
+    import httpx
+
+    from hitmodels.config import ServeSettings
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+    from pipelines import score
+    from serve.deploy import deploy, placement
+    from tables import random_table
+
+    _, store = siamese_table
+    _, result = siamese_version
+    promote("siamese-cnn", result.version, tracking_uri=mlflow_uri)
+    rows_model = "side-by-side-rows"
+    rows_version = train(random_table(4), TrainConfig(family="lasso", name="lasso", model_name=rows_model,
+                                                      experiment=rows_model), mlflow_uri).version
+    promote(rows_model, rows_version, tracking_uri=mlflow_uri)
+    app, prefix = placement("siamese-cnn")
+    assert (app, prefix) == ("hitmusic-siamese-cnn", "/siamese-cnn") and placement("hitmusicnet") == ("hitmusic", "/")
+    settings = dict(tracking_uri=mlflow_uri, poll_interval_s=60.0)
+    mel_url = deploy(ServeSettings(model_name="siamese-cnn", **settings), port=serve_port, app_name=app,
+                     route_prefix=prefix)
+    rows_url = deploy(ServeSettings(model_name=rows_model, **settings), port=serve_port, app_name="sbs-rows",
+                      route_prefix="/sbs-rows")
+    audio_files = sorted((shared_dir / "data" / "audio").glob("*.mp3"))
+    try:
+        info = httpx.get(f"{mel_url}/model", timeout=30).json()
+        assert info["family"] == "siamese" and info["input"] == "mel" and "percentile" in info["outputs"]
+        assert httpx.get(f"{mel_url}/features", timeout=30).json() == {"input": "mel", "columns": []}
+        online = {}
+        for f in audio_files:
+            r = httpx.post(f"{mel_url}/predict/audio", files={"file": (f.name, f.read_bytes(), "audio/mpeg")},
+                           data={"track_id": f.stem}, timeout=120)
+            assert r.status_code == 200, r.text
+            doc = r.json()
+            assert doc["model_name"] == "siamese-cnn" and doc["model_version"] == result.version
+            online[f.stem] = doc["predictions"][0]
+            assert 0 <= online[f.stem]["popularity"] <= 100 and 0 <= online[f.stem]["percentile"] <= 100
+        # the rows champion answers beside it, on its own route
+        r = httpx.post(f"{rows_url}/predict/audio", files={"file": ("rock.mp3", audio_files[0].read_bytes())},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["model_name"] == rows_model, r.text
+        # feature rows to the audio model: 422 saying where to send audio
+        r = httpx.post(f"{mel_url}/predict", json={"rows": [{"x": 1.0}]}, timeout=30)
+        assert r.status_code == 422 and "/predict/audio" in r.text
+        r = httpx.post(f"{mel_url}/predict/audio", files={"file": ("junk.mp3", b"not audio at all" * 10)}, timeout=30)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "file"]
+        r = httpx.post(f"{mel_url}/predict/audio", files={"file": ("a.mp3", audio_files[0].read_bytes())},
+                       data={"metadata": '{"artist_popularity": 50}'}, timeout=30)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "metadata", "artist_popularity"]
+    finally:  # each replica holds half a CPU of the 2-CPU test cluster: later tests need them
+        from ray import serve
+
+        serve.delete(app)
+        serve.delete("sbs-rows")
+    # batch: an audio manifest (one missing file) and the mel store; online == batch for the same tracks
+    manifest = tmp_path / "audio.parquet"
+    pd.DataFrame({"track_id": [f.stem for f in audio_files] + ["gone"],
+                  "audio_uri": [str(f) for f in audio_files] + [str(tmp_path / "gone.mp3")]}).to_parquet(manifest)
+    ref = score.run(manifest, tmp_path / "scores", "siamese-cnn", result.version, mlflow_uri)
+    batch = score.read_scores(tmp_path / "scores").set_index("track_id")
+    assert ref.version == result.version and len(batch) == len(audio_files) + 1  # rows in = rows out
+    assert batch.loc["gone", "error"].startswith("audio: missing") and pd.isna(batch.loc["gone", "popularity"])
+    for tid, p in online.items():
+        assert batch.loc[tid, "popularity"] == pytest.approx(p["popularity"], abs=1e-9)
+        assert batch.loc[tid, "percentile"] == pytest.approx(p["percentile"], abs=1e-9)
+        assert pd.isna(batch.loc[tid, "error"])
+    score.run(store, tmp_path / "scores-store", "siamese-cnn", result.version, mlflow_uri)
+    from_store = score.read_scores(tmp_path / "scores-store")
+    assert len(from_store) == len(melstore.MelStore(store).index()) and from_store["error"].isna().all()
+    with pytest.raises(ValueError, match="log-mel segments"):
+        score.run(siamese_table[0], tmp_path / "scores-table", "siamese-cnn", result.version, mlflow_uri)

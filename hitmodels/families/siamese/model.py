@@ -92,6 +92,11 @@ class SiameseModel(RowModel):
         return MelConfig.from_dict(self.meta.mel_config)
 
     @property
+    def segment(self) -> str:
+        """The segment (``hl30`` or ``mid30``) its inputs are."""
+        return self.meta.segment
+
+    @property
     def columns(self) -> list[str]:
         return [MEL_COLUMN, *self.pre.columns]
 
