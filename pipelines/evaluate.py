@@ -5,6 +5,13 @@ classical baselines, with a report (Markdown + PNG plots) also logged to an MLfl
     hitmusic evaluate .hitmusic/model_table.parquet          # the table hitmusic build wrote
     hitmusic evaluate /data/SpotGenTrack --out spd-report     # the real SPD download: the paper's experiment
 
+With ``--family siamese`` (or another family with named variants) it evaluates that family's variants as
+Yu et al. (ICASSP 2018) do instead: 10 folds of 8:1:1 (a part tests, the next validates, the rest fits),
+nDCG / Kendall / Spearman on the top 10 % of each fold's test rows and MAE, averaged over the folds, in a
+report shaped like their Table 1 next to their figures; ``--tags`` adds each variant with the tag branch::
+
+    hitmusic evaluate table.parquet --family siamese --mels .hitmusic/mels [--tags] [--variants ab,naive] --json
+
 SOURCE is a model table (Parquet, as ``hitmusic build`` writes it) or an SPD directory whose
 "Features Extracted/" folder holds the published low_level_audio_features.csv and lyrics_features.csv (joined
 with "Data Sources/" for metadata and popularity; no audio is extracted).
@@ -70,7 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{', '.join(CONFIGS)})")
     p.add_argument("--baselines", default=",".join(e.baselines),
                    help=f"baselines to run, '' for none (default {','.join(e.baselines)})")
-    p.add_argument("--folds", type=int, default=e.n_folds, help=f"CV folds (default {e.n_folds})")
+    p.add_argument("--folds", type=int, default=None,
+                   help=f"CV folds (default {e.n_folds}; with --family, 10: 8:1:1 per fold)")
+    p.add_argument("--family", default=None,
+                   help="evaluate this family's named variants as Yu et al. do (siamese: rating-only, naive, artist, "
+                        "ab, ab+artist) instead of HitMusicNet's configurations and the baselines")
+    p.add_argument("--variants", default="", help="with --family: the variants to run (default: all)")
+    p.add_argument("--tags", action="store_true", help="with --family: also every variant with the tag branch (+tag)")
+    p.add_argument("--mels", type=Path, default=None, help="with --family siamese: the mel store (hitmusic mels)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --family: a setting shared by every variant (e.g. epochs=30); repeatable")
     add_fit_arguments(p, splits=("stratified", "artist", "both"))
     p.add_argument("--max-rows", type=int, default=None, help="evaluate a random sample of this many rows")
     p.add_argument("--no-spotify-descriptors", action="store_true",
@@ -123,9 +139,58 @@ def log_to_mlflow(result, report: Path, args: argparse.Namespace) -> str | None:
         return run.info.run_id
 
 
+def evaluate_variants(args: argparse.Namespace) -> int:
+    """``--family``: the family's named variants over k folds of 8:1:1 (:mod:`hitmodels.variants`)."""
+    from hitmodels import families
+    from hitmodels.report import YU_TABLE1, variants_markdown
+    from hitmodels.variants import cross_validate_variants
+    from pipelines.train import parse_params
+
+    fam = families.get(args.family)
+    variants = fam.variants(args.tags)
+    if args.variants:
+        variants = {n: variants[n] for n in _names(args.variants, list(variants), "variant")}
+    params = parse_params(args.param)
+    if args.mels is not None:
+        params["mels"] = str(args.mels.resolve())
+    settings = fit_settings(args)
+    if settings["split"] == "both":
+        raise ValueError("--split both is for HitMusicNet's evaluation; with --family choose stratified or artist")
+    base = TrainConfig(**settings, family=fam.name, params=params)
+    table = load_source(args.source, not args.no_spotify_descriptors)
+    if args.max_rows and len(table) > args.max_rows:
+        table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
+    result = cross_validate_variants(table, fam.name, variants, base, k=args.folds or 10,
+                                     progress=lambda msg: print(f"evaluate [{fam.name}]: {msg}", file=sys.stderr))
+    home = Path(args.home) if getattr(args, "home", None) else default_home()
+    out = Path(args.out or home / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    tag_cols = [c for c in table.columns if c.startswith("tag_")]
+    tags = ("the tagger's activations (tag_* columns)" if tag_cols else
+            "the catalogue's descriptors (the artist's genre families, genre_*): no tagger activations in this "
+            "table") if args.tags else "off"
+    report = out / "report.md"
+    report.write_text(variants_markdown(result, str(args.source), tags))
+    (out / "variants.json").write_text(json.dumps({name: rows for name, rows in result.folds.items()}, indent=1))
+    print(f"evaluate: report -> {report}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"family": fam.name, "n_rows": result.n_rows, "folds": result.n_folds, "split": result.split,
+                          "tags": tags, "report": str(report), "models": result.means(),
+                          "seconds": result.seconds,
+                          "published": {name: dict(zip(("model", "ndcg_top10", "kendall_top10", "spearman_top10"),
+                                                       row)) for name, *row in YU_TABLE1}}, indent=2))
+    return 0
+
+
 def main_from_args(args: argparse.Namespace) -> int:
     from hitmodels.report import PUBLISHED, write_report
     from hitmodels.crossval import cross_validate
+
+    if args.family:
+        return evaluate_variants(args)
+    if args.tags or args.variants or args.mels or args.param:
+        raise ValueError("--tags, --variants, --mels and --param go with --family")
+    args.folds = args.folds or EvaluateConfig().n_folds
 
     configs = _names(args.configs, CONFIGS, "configuration")
     baselines = _names(args.baselines, list(LABELS), "baseline")

@@ -8,10 +8,13 @@ How it works:
 - ``--family`` names a model family (:mod:`hitmodels.families`): it brings its search space, its trial and
   how its best configuration is retrained. ``hitmusicnet`` covers the paper's grid: code size δ,
   MusicPopNet's optimiser, initialiser and dropout; ``hgb`` learning rate, leaves, leaf size and L2
-  penalty. ``--search grid`` enumerates the grid, ``--search random`` samples ``--num-samples`` points of it.
+  penalty; ``siamese`` pair sampling, the ranking weight w and margin m, learning rate, tag weight μ and
+  segment (``--mels DIR`` names its mel store). ``--search grid`` enumerates the grid, ``--search random`` samples ``--num-samples`` points of it.
 - HitMusicNet's trials report their validation loss after every MusicPopNet epoch and ASHA stops weak ones
   early; a classical family's trial reports once. Selection uses validation only: the documented metric is
-  ``val_loss``, the MSE of popularity / 100 on the validation rows. Test rows are never seen by a trial.
+  ``val_loss``, the MSE of popularity / 100 on the validation rows (the Siamese family: ``val_spearman``,
+  Spearman's rho between predicted and true popularity over all validation rows, higher is better, since its
+  variants trade MSE for ranking). Test rows are never seen by a trial.
 - Every trial is an MLflow run nested under one parent run per tuning job, with its parameters, per-epoch
   losses, a learning-curve plot and the dataset fingerprint (hash of the model table + feature schema
   version): enough to reproduce it from the run alone.
@@ -83,7 +86,7 @@ def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, p
     bundle, tags = families.get(cfg.family).retrain(table_path, cfg, storage, workers,
                                                     f"retrain-{parent_run_id[:8]}", use_gpu)
     table = pd.read_parquet(table_path)
-    fit, stop, calib = retrain_rows(training_rows(table), cfg)
+    fit, stop, calib = retrain_rows(families.get(cfg.family).prepare(training_rows(table), cfg), cfg)
     counts = {"train": len(fit), "val": len(stop), "calib": len(calib)}
     with bundle as directory:
         return register_bundle(Path(directory), table, cfg, tracking_uri, parent_run_id=parent_run_id,
@@ -109,6 +112,8 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
 
     fam = families.get(family)
     space = fam.space(search)  # before any work: a family with nothing to tune says so
+    metric, mode = fam.tune_metric
+    fam.check(replace(base, family=family))
     init_ray()
     table = str(Path(table).resolve())
     storage = Path(storage or default_home() / "ray_results").resolve()
@@ -148,17 +153,17 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         tuner = tune.Tuner(
             trainable,
             param_space={**space, "context": context},
-            tune_config=tune.TuneConfig(metric="val_loss", mode="min", scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                                         num_samples=1 if search == "grid" else num_samples),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
         )
     results = tuner.fit()
-    best = results.get_best_result(metric="val_loss", mode="min")
+    best = results.get_best_result(metric=metric, mode=mode)
     cfg = fam.configure(best.config, base)
     client = mlflow.MlflowClient()
     close_stopped_trial_runs(client, experiment.experiment_id, parent_run_id, results)
     client.set_tag(parent_run_id, "best_config", cfg.name)
-    client.log_metric(parent_run_id, "best_val_loss", float(best.metrics["val_loss"]))
+    client.log_metric(parent_run_id, f"best_{metric}", float(best.metrics[metric]))
     fingerprint = dataset_fingerprint(training_rows(pd.read_parquet(table)))
     registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
                                       {"tune_name": name, "dataset_fingerprint": fingerprint}, retrain_gpu)
@@ -186,13 +191,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--gpus-per-trial > 0 and the cluster has N GPUs; CPU otherwise)")
     p.add_argument("--name", default="tune", help="job name: MLflow parent run and resume directory")
     p.add_argument("--storage", type=Path, default=None, help="Tune storage (default $HITMUSIC_HOME/ray_results)")
-    p.add_argument("--model-name", default=TrainConfig.model_name, help="registered model name")
+    p.add_argument("--model-name", default=None,
+                   help="registered model name (default: the family's: hitmusicnet, or siamese-cnn for siamese)")
+    p.add_argument("--mels", type=Path, default=None, help="mel store of a family on log-mel input (siamese)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a family setting every trial shares (e.g. siamese's channels=16); repeatable")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of splits and initialisation")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    base = TrainConfig(model_name=args.model_name, experiment=args.model_name, seed=args.seed)
+    from hitmodels import families
+    from pipelines.train import parse_params
+
+    fam = families.get(args.family)
+    params = parse_params(args.param)
+    if args.mels is not None:
+        if fam.input_kind != "mel":
+            raise ValueError(f"--mels: the {fam.name} family takes feature rows, not log-mel segments")
+        params["mels"] = str(args.mels.resolve())
+    name = args.model_name or fam.registered_model
+    base = TrainConfig(model_name=name, experiment=name, seed=args.seed, family=fam.name, params=params)
     results, reg = run(args.table, args.family, args.search, args.num_samples, args.epochs, args.cpus_per_trial,
                        args.gpus_per_trial, args.name, args.storage, base, args.tracking_uri, args.train_workers,
                        args.grace_period)

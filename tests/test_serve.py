@@ -155,7 +155,12 @@ def test_answer_batches_only_requests_that_overlap(monkeypatch):
         together = await asyncio.gather(*(svc._answer(rows(v)) for v in (2.0, 4.0, 6.0)))
         return alone, together
 
-    alone, together = asyncio.run(scenario())
+    try:
+        alone, together = asyncio.run(scenario())
+    finally:
+        # the batcher keeps its queue (bound to this test's event loop, through weak references) on the
+        # decorator's lazy wrapper; left there, the deployment class no longer pickles for later deploys
+        HitMusicService.func_or_class._predict_batched.set_max_batch_size.__self__._queue = None
     assert (svc.requests_direct, svc.requests_batched) == (1, 3)
     assert calls == [2, 6]  # one direct call of 2 rows, then one batched call of 3 x 2 rows
     assert [p["popularity"] for p in json.loads(alone.body)["predictions"]] == [10.0, 20.0]

@@ -265,3 +265,24 @@ def test_siamese_and_rows_champions_served_side_by_side_and_batch_scored(siamese
     assert len(from_store) == len(melstore.MelStore(store).index()) and from_store["error"].isna().all()
     with pytest.raises(ValueError, match="log-mel segments"):
         score.run(siamese_table[0], tmp_path / "scores-table", "siamese-cnn", result.version, mlflow_uri)
+
+
+@pytest.mark.integration
+def test_tune_siamese_reports_every_epoch_and_registers_the_best(siamese_table, ray_local, mlflow_uri, tmp_path):
+    import mlflow
+
+    from pipelines import tune
+
+    path, store = siamese_table
+    base = TrainConfig(model_name="siamese-tune-test", experiment="siamese-tune-test", family="siamese",
+                       params={"mels": str(store), "channels": 8})
+    results, reg = tune.run(path, family="siamese", search="random", num_samples=2, epochs=3, name="s1",
+                            storage=tmp_path, base=base, tracking_uri=mlflow_uri, grace_period=2)
+    assert len(results) == 2 and not any(r.error for r in results)
+    for r in results:
+        assert "val_spearman" in r.metrics and r.config["sampling"] in ("none", "naive", "ab", "artist")
+    c = mlflow.MlflowClient(mlflow_uri)
+    mv = c.get_model_version("siamese-tune-test", reg.version)
+    assert mv.tags["model_family"] == "siamese" and mv.tags["input_kind"] == "mel"
+    parent = c.get_run(mv.run_id).data.tags["mlflow.parentRunId"]
+    assert "best_val_spearman" in c.get_run(parent).data.metrics

@@ -61,6 +61,8 @@ class Family:
     # the registered model its versions go to by default: the families on feature rows compete for one
     # champion; a family on other input has a registered model (and a champion) of its own
     registered_model: str = "hitmusicnet"
+    # what Ray Tune's trials of this family are compared and stopped on: (reported metric, "min" or "max")
+    tune_metric: tuple[str, str] = ("val_loss", "min")
 
     def default_config(self, base: TrainConfig) -> TrainConfig:
         """The configuration ``hitmusic train`` and the leaderboard use when none is named."""
@@ -107,6 +109,11 @@ class Family:
         """One line naming the configuration, for the registry's description."""
         extra = ", ".join(f"{k}={v}" for k, v in sorted(cfg.params.items()))
         return f"{self.label}" + (f" ({extra})" if extra else "")
+
+    def variants(self, tags: bool = False) -> dict[str, dict]:
+        """Named variants of this family (``name -> settings``) that ``hitmusic evaluate --family`` compares
+        (``tags``: also those with the tag branch); none by default."""
+        raise ValueError(f"the {self.name} family has no named variants to evaluate")
 
     # ----------------------------------------------------------------------------------------- tuning
 

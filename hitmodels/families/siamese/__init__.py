@@ -26,6 +26,8 @@ from . import model as _model
 DEFAULTS = {"mels": "", "segment": "hl30", "sampling": "ab", "w": 0.5, "margin": 0.05, "mu": 0.0, "lr": 1e-3,
             "epochs": 60, "patience": 8, "batch_pairs": 16, "channels": 32, "fc": 64, "dropout": 0.1,
             "weight_decay": 1e-4}
+# The tag branch's weight in the +tag variants of the evaluation (their mu; not given in the paper).
+TAG_MU = 0.3
 
 
 class SiameseFamily(Family):
@@ -70,6 +72,68 @@ class SiameseFamily(Family):
 
         cfg = replace(cfg, params={**cfg.params, "seed": cfg.seed})
         return fit_siamese(fit_rows, val_rows, calib_rows, columns, cfg, {**DEFAULTS, "seed": 0}, log, on_epoch)
+
+    def variants(self, tags: bool = False) -> dict[str, dict]:
+        """Yu et al.'s Table 1 rows on HL-30: rating-only CNN, naive, artist, A/B and A/B + artist sampling,
+        and with ``tags`` each again with the tag branch (``mu`` :data:`TAG_MU`)."""
+        plain = {"rating-only": {"sampling": "none"}, "naive": {"sampling": "naive"},
+                 "artist": {"sampling": "artist"}, "ab": {"sampling": "ab"}, "ab+artist": {"sampling": "ab+artist"}}
+        if not tags:
+            return {k: {**v, "mu": 0.0} for k, v in plain.items()}
+        return {**{k: {**v, "mu": 0.0} for k, v in plain.items()},
+                **{f"{k}+tag": {**v, "mu": TAG_MU} for k, v in plain.items()}}
+
+    # ---------------------------------------------------------------------------------------- tuning
+
+    tune_metric = ("val_spearman", "max")
+
+    def space(self, search: str) -> dict:
+        """Sampling (A/B + artist is a fusion of two fitted samplers: evaluate compares it, Tune does not),
+        ranking weight and margin, learning rate, tag weight and segment."""
+        from ray import tune
+
+        grid = {"sampling": ["none", "naive", "ab", "artist"], "w": [0.3, 0.7], "margin": [0.02, 0.1],
+                "lr": [1e-3, 3e-4], "mu": [0.0, TAG_MU], "segment": ["hl30", "mid30"]}
+        pick = tune.grid_search if search == "grid" else tune.choice
+        return {k: pick(v) for k, v in grid.items()}
+
+    def configure(self, trial: dict, base: TrainConfig) -> TrainConfig:
+        from dataclasses import replace
+
+        cfg = super().configure(trial, base)
+        # Tune's --epochs is every family's epoch budget
+        return replace(cfg, params={"epochs": base.mlp_epochs, **cfg.params})
+
+    def trial(self, config: dict) -> None:
+        """One Ray Tune trial: the point fitted on the fit rows, ``val_spearman``, ``val_loss`` (MSE) and
+        ``val_mae`` on the validation rows reported after every epoch, so ASHA can stop it early."""
+        from dataclasses import replace
+
+        import mlflow
+        from ray import tune
+
+        from hitmodels.data import feature_columns, training_rows
+        from hitmodels.train import dataset_fingerprint, git_commit, split_rows
+
+        ctx = config["context"]
+        cfg = self.configure(config, TrainConfig(**ctx["base"]))
+        table = self.prepare(training_rows(pd.read_parquet(ctx["table"])), cfg)
+        s = split_rows(table, cfg)
+        mlflow.set_tracking_uri(ctx["tracking_uri"])
+        with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
+                              parent_run_id=ctx["parent_run_id"]):
+            mlflow.log_params({"family": self.name, "config": cfg.name, "max_epochs": cfg.params["epochs"],
+                               **self.params(cfg, len(s.fit))})
+            mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
+                             "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
+
+            def report(stage: str, epoch: int, entry: dict) -> None:
+                m = {"val_spearman": entry.get("val_spearman", 0.0), "val_loss": entry.get("val_mse", entry["loss"]),
+                     "train_loss": entry["loss"]}
+                mlflow.log_metrics(m, step=epoch)
+                tune.report({**m, "epoch": epoch})
+
+            self.fit(s.fit, s.val, s.fit.iloc[:0], feature_columns(table), replace(cfg, threads=1), on_epoch=report)
 
     def save(self, model: _model.SiameseModel, directory: Path) -> list[str]:
         return _model.save_bundle(Path(directory), model)

@@ -112,8 +112,13 @@ def train_network(mels: np.ndarray, tags: np.ndarray | None, y: np.ndarray, arti
             opt.step()
             total += loss.item()
             steps += 1
-        val = objective(_scores(net, val_mels, val_tags, dev), val_y, w, margin) if len(val_y) else total / steps
-        history.append({"epoch": epoch, "loss": total / steps, "val_objective": val, "pairs": int(len(pairs))})
+        entry = {"epoch": epoch, "loss": total / steps, "pairs": int(len(pairs))}
+        if len(val_y):
+            sv = _scores(net, val_mels, val_tags, dev)
+            entry.update(val_objective=objective(sv, val_y, w, margin), val_mse=float(np.mean((sv - val_y) ** 2)),
+                         val_spearman=_spearman(sv, val_y))
+        val = entry.get("val_objective", entry["loss"])
+        history.append(entry)
         if on_epoch is not None:
             on_epoch(stage, epoch, history[-1])
         if log:
@@ -127,6 +132,14 @@ def train_network(mels: np.ndarray, tags: np.ndarray | None, y: np.ndarray, arti
     net.load_state_dict(best_state)
     net.cpu().eval()
     return net, history
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import stats
+
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def fusion_weight(a: np.ndarray, b: np.ndarray, truth: np.ndarray, w: float, margin: float) -> float:
@@ -143,6 +156,9 @@ def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.D
     sampling = str(p["sampling"])
     mel_cfg = MelConfig.from_dict(fit_rows.attrs.get("mel_config"))
     tag_cols = tag_columns(columns) if float(p["mu"]) > 0 else []
+    if float(p["mu"]) > 0 and not tag_cols:
+        raise ValueError("the tag branch (mu > 0) needs tag_* columns (hitmusic extract --tags) or the catalogue's "
+                         "genre_* descriptors in the model table; this table has neither")
     pre = Preprocessor.fit(fit_rows, tag_cols)
     mels, val_mels = mel_array(fit_rows, mel_cfg), mel_array(val_rows, mel_cfg)
     tags = pre.transform(fit_rows) if tag_cols else None
