@@ -97,7 +97,7 @@ def test_short_fit_lowers_the_loss_and_round_trips(tmp_path, sampling):
 
 
 def test_pairs_come_only_from_fit_rows(monkeypatch):
-    from hitmodels.families.siamese import fit as siamese_fit
+    from hitmodels import pair_training
     from hitmodels.train import split_rows
 
     table = pd.concat([synthetic_rows(60, 0), synthetic_rows(40, 9)], ignore_index=True)
@@ -105,7 +105,7 @@ def test_pairs_come_only_from_fit_rows(monkeypatch):
     cfg = TrainConfig(family="siamese", params={"sampling": "artist", "epochs": 2})
     s = split_rows(table, cfg)
     seen: list[np.ndarray] = []
-    real = siamese_fit.sample_pairs
+    real = pair_training.sample_pairs
 
     def recording(kind, y, artists, rng):
         pairs = real(kind, y, artists, rng)
@@ -113,7 +113,7 @@ def test_pairs_come_only_from_fit_rows(monkeypatch):
         assert pairs.max() < len(s.fit)
         return pairs
 
-    monkeypatch.setattr(siamese_fit, "sample_pairs", recording)
+    monkeypatch.setattr(pair_training, "sample_pairs", recording)
     get("siamese").fit(s.fit, s.val, s.calib, [], cfg)
     assert seen
     fit_artists = set(s.fit["artist_id"])
@@ -286,3 +286,34 @@ def test_tune_siamese_reports_every_epoch_and_registers_the_best(siamese_table, 
     assert mv.tags["model_family"] == "siamese" and mv.tags["input_kind"] == "mel"
     parent = c.get_run(mv.run_id).data.tags["mlflow.parentRunId"]
     assert "best_val_spearman" in c.get_run(parent).data.metrics
+
+
+@pytest.mark.parametrize("sampling", ["ab", "ab+artist"])
+def test_siamese_hitmusicnet_learns_on_feature_rows_and_round_trips(tmp_path, sampling):
+    from hitmodels import families
+    from hitmodels.bundle import load_bundle, write_bundle
+    from hitmodels.data import feature_columns
+    from hitmodels.train import split_rows
+
+    assert "siamese-hitmusicnet" in families.names()
+    fam = get("siamese-hitmusicnet")
+    rng = np.random.default_rng(2)
+    n = 240
+    table = pd.DataFrame(rng.uniform(0, 1, (n, 12)), columns=[f"f{i}" for i in range(12)])
+    table["popularity"] = np.clip(80 * table["f0"] + 30 * np.sin(3 * table["f1"]) + rng.normal(0, 4, n), 0, 100)
+    table["track_id"], table["artist_id"], table["error"] = [f"t{i}" for i in range(n)], [f"a{i % 60}" for i in range(n)], None
+    cfg = TrainConfig(family="siamese-hitmusicnet", params={"sampling": sampling, "epochs": 60, "lr": 3e-3})
+    fam.check(cfg)
+    s = split_rows(table, cfg)
+    fitted = fam.fit(s.fit, s.val, s.calib, feature_columns(table), cfg)
+    out = fitted.predict(s.test)
+    assert list(out.columns) == fitted.model.outputs and out["percentile"].between(0, 100).all()
+    rho = np.corrcoef(out["popularity"], s.test["popularity"])[0, 1]
+    assert rho > 0.8, rho  # popularity follows two of the twelve columns
+    write_bundle(tmp_path / "b", fitted.model)
+    again = load_bundle(tmp_path / "b")
+    pd.testing.assert_frame_equal(again.predict(None, s.test), out)
+    X = s.test[again.columns].to_numpy(float)
+    np.testing.assert_allclose(again.predict_array(X)["popularity"], out["popularity"])
+    with pytest.raises(ValueError, match="no tag branch"):
+        fam.variants(tags=True)

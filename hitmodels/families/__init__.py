@@ -28,7 +28,8 @@ def _plugins() -> dict:
 
 def names() -> list[str]:
     """Every family this installation has, sorted."""
-    own = [m.name for m in pkgutil.iter_modules(__path__) if m.ispkg]
+    # a folder's name with hyphens for underscores: siamese_hitmusicnet/ is the siamese-hitmusicnet family
+    own = [m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if m.ispkg]
     return sorted(set(own) | set(_plugins()))
 
 
@@ -38,7 +39,7 @@ def get(name: str) -> Family:
     if name not in names():
         raise ValueError(f"unknown model family {name!r}; known: {', '.join(names())}")
     plugin = _plugins().get(name)
-    family = plugin.load() if plugin is not None else importlib.import_module(f"{__name__}.{name}").FAMILY
+    family = plugin.load() if plugin is not None else importlib.import_module(f"{__name__}.{name.replace('-', '_')}").FAMILY
     if not isinstance(family, Family) or family.name != name:
         raise TypeError(f"family plug-in {name!r} does not provide a Family named {name!r}")
     return family
