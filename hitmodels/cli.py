@@ -5,7 +5,7 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic up                                   # local Ray + MLflow server (SQLite) in the background
     hitmusic synth .hitmusic/catalogue            # sample catalogue in the SPD layout, with audio
     hitmusic extract .hitmusic/catalogue/manifest.parquet .hitmusic/features
-    hitmusic mels .hitmusic/catalogue/manifest.parquet .hitmusic/mels   # for --family siamese
+    hitmusic mels .hitmusic/catalogue/manifest.parquet .hitmusic/mels   # log-mel store for --family siamese
     hitmusic build .hitmusic/features .hitmusic/catalogue .hitmusic/model_table.parquet
     hitmusic train .hitmusic/model_table.parquet  # logs a run, registers a new model version
     hitmusic promote --version 1                  # alias 'champion' -> version 1

@@ -2,6 +2,7 @@
 
 Layout of a store directory (written by ``hitmusic mels``, :mod:`pipelines.mels`)::
 
+    (a local directory or an s3:// prefix)
     part-*.parquet      one row per track of the manifest (rows in = rows out):
                         track_id, error (null when fine), duration_s, mid30_start_s, hl30_start_s,
                         mid30, hl30 (float16 (n_mels, n_frames), C order, as bytes; hl30 null when it is
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from . import audio
 from .config import FeatureConfig, InputPolicy, MelConfig
 from .mel import SEGMENTS, segments
+from .storage import exists, filesystem, parquet_files
 
 # The column of model rows that carries a track's segment (float16 bytes of :func:`encode`), for the models on
 # log-mel input; :func:`attach` fills it from a store.
@@ -82,37 +84,70 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], schema=SCHEMA)
 
 
-def record_config(directory: Path, cfg: MelConfig) -> None:
+def is_store(uri: str | Path) -> bool:
+    """Whether ``uri`` (local or ``s3://``) is a mel store: it holds :data:`MEL_CONFIG_FILE`."""
+    fs, root = filesystem(str(uri))
+    return exists(fs, f"{root}/{MEL_CONFIG_FILE}")
+
+
+def record_config(uri: str | Path, cfg: MelConfig) -> None:
     """Write ``cfg`` beside the parts; a store holding segments of other settings is refused."""
-    path = Path(directory) / MEL_CONFIG_FILE
-    if path.is_file():
-        before = MelConfig.from_dict(json.loads(path.read_text()))
+    fs, root = filesystem(str(uri))
+    path = f"{root}/{MEL_CONFIG_FILE}"
+    if exists(fs, path):
+        with fs.open_input_stream(path) as f:
+            before = MelConfig.from_dict(json.loads(f.read()))
         if before != cfg:
-            raise ValueError(f"{directory} holds mel segments computed with other settings ({before}); "
+            raise ValueError(f"{uri} holds mel segments computed with other settings ({before}); "
                              "write into a new directory")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg)))
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(asdict(cfg)).encode())
+
+
+QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
+
+
+def readable_parts(fs, root: str) -> list[str]:
+    """The store's readable parts; an unreadable one (a run killed while writing it) is moved to
+    ``_quarantine/`` so that its tracks count as not done and every later read succeeds."""
+    import sys
+
+    good = []
+    for f in parquet_files(fs, root):
+        try:
+            with fs.open_input_file(f) as fh:
+                pq.read_metadata(fh)
+            good.append(f)
+        except Exception as exc:  # truncated footer, zero bytes, not Parquet at all: all mean "redo"
+            fs.create_dir(f"{root}/{QUARANTINE}", recursive=True)
+            fs.move(f, f"{root}/{QUARANTINE}/{f.rsplit('/', 1)[-1]}")
+            print(f"mels: {f} is unreadable ({type(exc).__name__}); moved to {QUARANTINE}/, its tracks will be "
+                  "done again", file=sys.stderr)
+    return good
 
 
 class MelStore:
-    """Read access to a store directory."""
+    """Read access to a store (a local directory or an ``s3://`` prefix)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        cfg_file = self.path / MEL_CONFIG_FILE
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{self.path} is not a mel store (no {MEL_CONFIG_FILE}); make one with "
+    def __init__(self, uri: str | Path):
+        self.uri = str(uri)
+        self.fs, self.root = filesystem(self.uri)
+        cfg_path = f"{self.root}/{MEL_CONFIG_FILE}"
+        if not exists(self.fs, cfg_path):
+            raise FileNotFoundError(f"{self.uri} is not a mel store (no {MEL_CONFIG_FILE}); make one with "
                                     "hitmusic mels MANIFEST DIR")
-        self.config = MelConfig.from_dict(json.loads(cfg_file.read_text()))
-        self.files = sorted(str(f) for f in self.path.glob("*.parquet"))
+        with self.fs.open_input_stream(cfg_path) as f:
+            self.config = MelConfig.from_dict(json.loads(f.read()))
+        self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:
         """Every track's row without the segments: track_id, error, duration and segment starts."""
-        if not self.files:
-            return pd.DataFrame(columns=[n for n in SCHEMA.names if n not in SEGMENTS])
         cols = [n for n in SCHEMA.names if n not in SEGMENTS]
-        return pads.dataset(self.files, format="parquet").to_table(columns=cols).to_pandas() \
+        if not self.files:
+            return pd.DataFrame(columns=cols)
+        return pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas() \
             .drop_duplicates("track_id").reset_index(drop=True)
 
     def load(self, track_ids, segment: str = "hl30") -> tuple[np.ndarray, np.ndarray]:
@@ -128,19 +163,20 @@ class MelStore:
         found = np.zeros(len(ids), dtype=bool)
         columns = ["track_id", "error", "mid30"] + (["hl30"] if segment == "hl30" else [])
         for f in self.files:
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):
-                t = pf.read_row_group(g, columns=["track_id"])["track_id"].to_pylist()
-                if not any(x in where for x in t):
-                    continue
-                part = pf.read_row_group(g, columns=columns).to_pydict()
-                for k, tid in enumerate(part["track_id"]):
-                    i = where.get(tid)
-                    if i is None or found[i] or part["error"][k] is not None:
+            with self.fs.open_input_file(f) as fh:
+                pf = pq.ParquetFile(fh)
+                for g in range(pf.num_row_groups):
+                    t = pf.read_row_group(g, columns=["track_id"])["track_id"].to_pylist()
+                    if not any(x in where for x in t):
                         continue
-                    data = part.get("hl30", [None] * len(t))[k] or part["mid30"][k]
-                    out[i] = decode(data, cfg)
-                    found[i] = True
+                    part = pf.read_row_group(g, columns=columns).to_pydict()
+                    for k, tid in enumerate(part["track_id"]):
+                        i = where.get(tid)
+                        if i is None or found[i] or part["error"][k] is not None:
+                            continue
+                        data = part.get("hl30", [None] * len(t))[k] or part["mid30"][k]
+                        out[i] = decode(data, cfg)
+                        found[i] = True
         return out, found
 
 

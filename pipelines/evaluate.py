@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "ab, ab+artist) instead of HitMusicNet's configurations and the baselines")
     p.add_argument("--variants", default="", help="with --family: the variants to run (default: all)")
     p.add_argument("--tags", action="store_true", help="with --family: also every variant with the tag branch (+tag)")
-    p.add_argument("--mels", type=Path, default=None, help="with --family siamese: the mel store (hitmusic mels)")
+    p.add_argument("--mels", default=None, help="with --family siamese: the mel store (hitmusic mels)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="with --family: a setting shared by every variant (e.g. epochs=30); repeatable")
     add_fit_arguments(p, splits=("stratified", "artist", "both"))
@@ -144,7 +144,7 @@ def evaluate_variants(args: argparse.Namespace) -> int:
     from hitmodels import families
     from hitmodels.report import YU_TABLE1, variants_markdown
     from hitmodels.variants import cross_validate_variants
-    from pipelines.train import parse_params
+    from pipelines.train import parse_params, store_uri
 
     fam = families.get(args.family)
     variants = fam.variants(args.tags)
@@ -152,7 +152,7 @@ def evaluate_variants(args: argparse.Namespace) -> int:
         variants = {n: variants[n] for n in _names(args.variants, list(variants), "variant")}
     params = parse_params(args.param)
     if args.mels is not None:
-        params["mels"] = str(args.mels.resolve())
+        params["mels"] = store_uri(args.mels)
     settings = fit_settings(args)
     if settings["split"] == "both":
         raise ValueError("--split both is for HitMusicNet's evaluation; with --family choose stratified or artist")

@@ -84,6 +84,11 @@ def run(table_path: str | Path, family_names: list[str], base: TrainConfig = Tra
     fams = [families.get(n) for n in family_names]
     if not fams:
         raise ValueError("no families to compare")
+    apart = [f for f in fams if f.input_kind != "rows"]
+    if apart:  # its versions cannot answer feature rows: they go to a registered model of their own
+        raise ValueError(f"{apart[0].name} is a family on {apart[0].input_kind!r} input with a registered model of "
+                         f"its own ({apart[0].registered_model}), not a row of this leaderboard; compare its variants "
+                         f"with hitmusic evaluate --family {apart[0].name}")
     metrics = {(f.metric, f.higher_is_better) for f in fams}
     if len(metrics) > 1:
         raise ValueError(f"the families are selected on different metrics {sorted(metrics)}: no common ranking")

@@ -9,7 +9,8 @@ and :mod:`hitmodels.mel` for the segments). Each track is decoded and analysed o
 scoring read the store. Same rules as ``hitmusic extract``: the manifest (Parquet or CSV with ``track_id``,
 ``audio_uri``) or an SPD directory; every URI checked against the input policy (``--allow-*``) and the input
 bounds; a bad track gets a row with its ``error`` and no segments (rows in = rows out) and a count per
-reason is printed; re-running into the same directory resumes.
+reason is printed; re-running into the same store resumes. STORE_DIR may be an ``s3://`` prefix (endpoint and
+region from the environment, as for ``hitmusic score``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from hitmodels.data import read_manifest
 from hitmodels.entry import module_main
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
-from pipelines.extract import _task_env, done_track_ids, summary
+from hitmodels.features import error_reason
+from hitmodels.storage import filesystem
+from pipelines.extract import _task_env
 
 
 def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy) -> pa.Table:
@@ -44,10 +47,10 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
 
     policy = policy or InputPolicy.for_manifest(manifest)
     init_ray()
-    store = Path(store)
+    store = str(store)
     melstore.record_config(store, cfg)
     df = read_manifest(manifest).drop_duplicates("track_id")
-    done = done_track_ids(store)
+    done = set(melstore.MelStore(store).index()["track_id"])
     todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
     print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do", file=sys.stderr)
     if len(todo):
@@ -55,8 +58,10 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
         ds = ray.data.from_pandas(chunks).map_batches(
             mel_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size, batch_format="pandas",
             num_cpus=1, **_task_env(todo["audio_uri"]))
-        ds.write_parquet(str(store))
-    counts = summary(store)
+        fs, root = filesystem(store)
+        ds.write_parquet(root, filesystem=fs)
+    counts = Counter(error_reason(e if isinstance(e, str) else None)
+                     for e in melstore.MelStore(store).index()["error"])
     print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
     return counts
 
@@ -64,7 +69,7 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
 def add_arguments(p: argparse.ArgumentParser) -> None:
     c = MelConfig()
     p.add_argument("manifest", type=Path, help="manifest (.parquet/.csv: track_id, audio_uri) or SPD dir")
-    p.add_argument("store", type=Path, help="mel store directory to write (re-runs resume into it)")
+    p.add_argument("store", help="mel store to write: a local directory or an s3:// prefix (re-runs resume into it)")
     p.add_argument("--batch-size", type=int, default=4, help="tracks per task call (default 4)")
     p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
     p.add_argument("--segment-s", type=float, default=c.segment_s,

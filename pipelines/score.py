@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -42,21 +40,11 @@ from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.predict import PRECISIONS
 from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
 from hitmodels.services import init_ray
+from hitmodels.storage import filesystem
 
 BASE_COLUMNS = [("track_id", pa.string()), ("popularity", pa.float64()), ("class", pa.string())]
 TEXT_OUTPUTS = ("class", "popularity_class")  # outputs that are class names; every other one is a number
 TAIL_COLUMNS = [("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string())]
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or ``s3://`` URI (S3-compatible endpoint from env)."""
-    parsed = urlparse(str(uri))
-    if parsed.scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True,
-                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-        return fs, f"{parsed.netloc}{parsed.path}"
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def output_schema(model_outputs: list[str]) -> pa.Schema:
@@ -406,15 +394,16 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
     manifest (segments computed per row)."""
     import ray
 
-    from hitmodels.melstore import MEL_CONFIG_FILE, MelStore
+    from hitmodels.melstore import MelStore, is_store
 
-    is_store = not table.startswith("s3://") and (Path(table) / MEL_CONFIG_FILE).is_file()
-    if is_store:
+    if is_store(table):
         store = MelStore(table)
         if store.config != model.mel_config:
             raise ValueError(f"{table} holds segments computed with other settings ({store.config}) than "
                              f"{ref.uri} was trained on ({model.mel_config})")
-        source, read = "store", ray.data.read_parquet(store.files)
+        if not store.files:
+            raise ValueError(f"the mel store {table} holds no segments yet")
+        source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs)
     elif "audio_uri" in have:
         fs, path = filesystem(table)
         source = "audio"

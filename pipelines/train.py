@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-name", default=None,
                    help=f"registered model name (default: the family's, {d.model_name} for the families on "
                         "feature rows, siamese-cnn for the Siamese CNN)")
-    p.add_argument("--mels", type=Path, default=None,
+    p.add_argument("--mels", default=None,
                    help="mel store (hitmusic mels) of a family on log-mel input (--family siamese)")
     p.add_argument("--experiment", default=d.experiment, help=f"MLflow experiment (default {d.experiment})")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
@@ -106,6 +106,12 @@ def fit_settings(args: argparse.Namespace) -> dict:
             "coverage": args.coverage, "seed": args.seed, "split": args.split}
 
 
+def store_uri(text: str) -> str:
+    """A store named on the command line: an ``s3://`` URI as given, a local path made absolute (trials and
+    retraining tasks run in other working directories)."""
+    return text if text.startswith("s3://") else str(Path(text).resolve())
+
+
 def parse_params(items: list[str]) -> dict:
     """``KEY=VALUE`` strings as a dict; values that parse as JSON are taken as such, others as text."""
     params = {}
@@ -127,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "mels", None) is not None:
         if fam.input_kind != "mel":
             raise ValueError(f"--mels: the {family} family takes feature rows, not log-mel segments")
-        params["mels"] = str(args.mels.resolve())
+        params["mels"] = store_uri(args.mels)
     cfg = TrainConfig(dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, classifier=not args.no_classifier,
                       model_name=args.model_name or fam.registered_model, experiment=args.experiment, family=family,
                       params=params,

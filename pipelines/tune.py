@@ -9,7 +9,8 @@ How it works:
   how its best configuration is retrained. ``hitmusicnet`` covers the paper's grid: code size δ,
   MusicPopNet's optimiser, initialiser and dropout; ``hgb`` learning rate, leaves, leaf size and L2
   penalty; ``siamese`` pair sampling, the ranking weight w and margin m, learning rate, tag weight μ and
-  segment (``--mels DIR`` names its mel store). ``--search grid`` enumerates the grid, ``--search random`` samples ``--num-samples`` points of it.
+  segment (``--mels DIR`` names its mel store). ``--search grid`` enumerates the grid, ``--search random``
+  samples ``--num-samples`` points of it.
 - HitMusicNet's trials report their validation loss after every MusicPopNet epoch and ASHA stops weak ones
   early; a classical family's trial reports once. Selection uses validation only: the documented metric is
   ``val_loss``, the MSE of popularity / 100 on the validation rows (the Siamese family: ``val_spearman``,
@@ -193,7 +194,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", type=Path, default=None, help="Tune storage (default $HITMUSIC_HOME/ray_results)")
     p.add_argument("--model-name", default=None,
                    help="registered model name (default: the family's: hitmusicnet, or siamese-cnn for siamese)")
-    p.add_argument("--mels", type=Path, default=None, help="mel store of a family on log-mel input (siamese)")
+    p.add_argument("--mels", default=None, help="mel store of a family on log-mel input (siamese)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a family setting every trial shares (e.g. siamese's channels=16); repeatable")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
@@ -202,14 +203,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main_from_args(args: argparse.Namespace) -> int:
     from hitmodels import families
-    from pipelines.train import parse_params
+    from pipelines.train import parse_params, store_uri
 
     fam = families.get(args.family)
     params = parse_params(args.param)
     if args.mels is not None:
         if fam.input_kind != "mel":
             raise ValueError(f"--mels: the {fam.name} family takes feature rows, not log-mel segments")
-        params["mels"] = str(args.mels.resolve())
+        params["mels"] = store_uri(args.mels)
     name = args.model_name or fam.registered_model
     base = TrainConfig(model_name=name, experiment=name, seed=args.seed, family=fam.name, params=params)
     results, reg = run(args.table, args.family, args.search, args.num_samples, args.epochs, args.cpus_per_trial,

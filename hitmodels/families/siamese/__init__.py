@@ -59,7 +59,7 @@ class SiameseFamily(Family):
         from hitmodels.melstore import attach
 
         p = {**DEFAULTS, **cfg.params}
-        store = p["mels"] or table.attrs.get("mel_store", "")
+        store = p["mels"]
         if not store:
             raise ValueError("the siamese family needs a mel store: make one with hitmusic mels MANIFEST DIR and "
                              "name it with --mels DIR (or --param mels=DIR)")
