@@ -109,9 +109,10 @@ def record_config(uri: str | Path, cfg: MelConfig) -> None:
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 
 
-def readable_parts(fs, root: str) -> list[str]:
-    """The store's readable parts; an unreadable one (a run killed while writing it) is moved to
-    ``_quarantine/`` so that its tracks count as not done and every later read succeeds."""
+def readable_parts(fs, root: str, quarantine: bool = False) -> list[str]:
+    """The store's readable parts. An unreadable one (a run killed while writing it, or a part still being
+    written) is skipped with a warning; with ``quarantine`` (the writing job only, so that readers never race
+    on moving files) it is moved to ``_quarantine/``, so its tracks count as not done and are done again."""
     import sys
 
     good = []
@@ -121,10 +122,12 @@ def readable_parts(fs, root: str) -> list[str]:
                 pq.read_metadata(fh)
             good.append(f)
         except Exception as exc:  # truncated footer, zero bytes, not Parquet at all: all mean "redo"
-            fs.create_dir(f"{root}/{QUARANTINE}", recursive=True)
-            fs.move(f, f"{root}/{QUARANTINE}/{f.rsplit('/', 1)[-1]}")
-            print(f"mels: {f} is unreadable ({type(exc).__name__}); moved to {QUARANTINE}/, its tracks will be "
-                  "done again", file=sys.stderr)
+            if quarantine:
+                fs.create_dir(f"{root}/{QUARANTINE}", recursive=True)
+                fs.move(f, f"{root}/{QUARANTINE}/{f.rsplit('/', 1)[-1]}")
+            print(f"mels: {f} is unreadable ({type(exc).__name__}); "
+                  + ("moved to _quarantine/, its tracks will be done again" if quarantine else "skipped"),
+                  file=sys.stderr)
     return good
 
 

@@ -126,6 +126,9 @@ class Registered:
     fingerprint: str | None
     schema_version: str | None
     test_ids: list[str] | None
+    # a family on other input than feature rows: the settings its rows were prepared with (the Siamese
+    # family's mel store and segment), from the version's run
+    inputs: dict | None = None
 
 
 def registered(name: str, version: str, tracking_uri: str | None = None) -> Registered:
@@ -150,15 +153,32 @@ def registered(name: str, version: str, tracking_uri: str | None = None) -> Regi
         except MlflowException as exc:
             if exc.error_code not in NOT_FOUND:
                 raise
+    inputs = None
+    if tags.get("input_kind", "rows") != "rows" and mv.run_id:
+        params = c.get_run(mv.run_id).data.params
+        inputs = {k[len("params."):]: v for k, v in params.items() if k in ("params.mels", "params.segment")}
     return Registered(str(version), tags.get("model_family", "hitmusicnet"), tags.get("selection_metric", "mae"),
-                      tags.get("dataset_fingerprint"), tags.get("feature_schema_version"), test_ids)
+                      tags.get("dataset_fingerprint"), tags.get("feature_schema_version"), test_ids, inputs)
+
+
+def version_rows(v: Registered, table):
+    """The training rows of ``table`` as version ``v`` takes them: feature rows as they are; for a family on
+    other input, joined to it as when the version was trained (its mel store and segment)."""
+    from . import families
+    from .config import TrainConfig
+    from .data import training_rows
+
+    rows = training_rows(table)
+    fam = families.get(v.family)
+    if fam.input_kind == "rows":
+        return rows
+    return fam.prepare(rows, TrainConfig(family=fam.name, params=dict(v.inputs or {})))
 
 
 def fair_test_rows(cand: Registered, inc: Registered, table, min_rows: int = 10):
     """The rows of ``table`` that both versions held out (neither trained on), or ``ValueError`` saying why
     the two cannot be compared fairly: different data, feature schemas or metrics, no stored test rows, or
     a table that is not the data they were trained on."""
-    from .data import training_rows
     from .train import dataset_fingerprint
 
     for v in (cand, inc):
@@ -175,7 +195,7 @@ def fair_test_rows(cand: Registered, inc: Registered, table, min_rows: int = 10)
     if cand.metric != inc.metric:
         raise ValueError(f"version {cand.version} is selected on {cand.metric}, version {inc.version} on "
                          f"{inc.metric}: no common metric")
-    rows = training_rows(table)
+    rows = version_rows(cand, table)
     if dataset_fingerprint(rows) != cand.fingerprint:
         raise ValueError(f"the table given is not the data versions {cand.version} and {inc.version} were "
                          f"trained on (fingerprint {dataset_fingerprint(rows)}, theirs {cand.fingerprint})")
@@ -202,9 +222,19 @@ def _compare(name: str, cand: Registered, inc: Registered, table, tracking_uri: 
 
     test = fair_test_rows(cand, inc, table)
     truth = test["popularity"].to_numpy(float)
+    ids = test["track_id"].astype(str).tolist()
     scores = []
-    for v in (cand.version, inc.version):
-        pred = load_model(ModelRef(name, v), tracking_uri).predict(None, test)["popularity"].to_numpy(float)
+    for v in (cand, inc):
+        rows = test
+        if v.inputs is not None:  # each version's own input (e.g. its segment) of the same test tracks
+            prepared = version_rows(v, table)
+            prepared = prepared.set_axis(prepared["track_id"].astype(str).to_numpy())
+            missing = [t for t in ids if t not in prepared.index]
+            if missing:
+                raise ValueError(f"version {v.version}'s input lacks {len(missing)} of the shared test tracks: "
+                                 "no fair comparison")
+            rows = prepared.loc[ids].reset_index(drop=True)
+        pred = load_model(ModelRef(name, v.version), tracking_uri).predict(None, rows)["popularity"].to_numpy(float)
         metrics = regression_metrics(truth, pred)
         if cand.metric not in metrics:
             raise ValueError(f"version {cand.version} is selected on {cand.metric!r}, which promotion cannot "

@@ -199,7 +199,8 @@ def generate(root: str | Path, cfg: SynthConfig = SynthConfig()) -> dict[str, Pa
     popularity = np.clip(np.round(40 + 16.8 * _z(z)), 0, 100).astype(int)
 
     lyrics, audio_paths = [], []
-    # full-length tracks draw from their own generator, so that the tables are those of the previews' catalogue
+    # full-length tracks draw their audio from a generator of their own (the tables' popularity model is the
+    # previews' one; the lyrics, drawn after each track's audio, differ)
     track_rng = np.random.default_rng([cfg.seed, 1]) if cfg.full_length else rng
     chorus_starts = np.full((n, 2), np.nan)
     durations = np.full(n, float(cfg.duration_s))

@@ -49,6 +49,7 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
     init_ray()
     store = str(store)
     melstore.record_config(store, cfg)
+    melstore.readable_parts(*filesystem(store), quarantine=True)  # a part cut short by a killed run: redo it
     df = read_manifest(manifest).drop_duplicates("track_id")
     done = set(melstore.MelStore(store).index()["track_id"])
     todo = df[~df["track_id"].isin(done)].reset_index(drop=True)

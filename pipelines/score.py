@@ -223,8 +223,14 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
         hl = df["hl30"] if segment == "hl30" else pd.Series([None] * len(df))
         segments = [h if isinstance(h, bytes) else m for h, m in zip(hl, df["mid30"])]
     frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
+    tags = [c for c in model.columns[1:] if c in df]
+    if tags:  # metadata columns checked as the feature-row path checks them: a bad value fails its row only
+        values, value_errors = feature_matrix(batch, tags)
+        frame[tags] = values
+        errors = [e or v for e, v in zip(errors, value_errors)]
     for c in model.columns[1:]:
-        frame[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
+        if c not in frame:
+            frame[c] = np.nan  # absent metadata: imputed with the training medians
 
     def predict(P: np.ndarray) -> dict[str, np.ndarray]:
         out = model.predict(None, frame.iloc[P[:, 0]].reset_index(drop=True))
@@ -440,7 +446,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default=CHAMPION, help="version number or alias (default champion)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=16384,
-                   help="rows read and scored at a time per worker (default 16384; audio manifests: 64)")
+                   help="rows read and scored at a time per worker (default 16384; at most 64 for audio manifests; "
+                        "a model on log-mel segments: 16 for audio manifests, 256 for a mel store)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the model's arithmetic: fp32 (default, as trained and as Serve answers) or, for "
                         "HitMusicNet versions, bf16 (~3x faster network on CPUs with AVX512-BF16/AMX; scores move "

@@ -106,15 +106,15 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from hitmodels.data import training_rows
-    from hitmodels.train import dataset_fingerprint
-
     from hitmodels import families
 
     fam = families.get(family)
     space = fam.space(search)  # before any work: a family with nothing to tune says so
     metric, mode = fam.tune_metric
     fam.check(replace(base, family=family))
+    if fam.input_kind == "mel" and not base.params.get("mels"):
+        raise ValueError(f"the {family} family trains on log-mel segments: name its mel store with --mels DIR "
+                         "(hitmusic mels MANIFEST DIR makes one)")
     init_ray()
     table = str(Path(table).resolve())
     storage = Path(storage or default_home() / "ray_results").resolve()
@@ -165,9 +165,10 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     close_stopped_trial_runs(client, experiment.experiment_id, parent_run_id, results)
     client.set_tag(parent_run_id, "best_config", cfg.name)
     client.log_metric(parent_run_id, f"best_{metric}", float(best.metrics[metric]))
-    fingerprint = dataset_fingerprint(training_rows(pd.read_parquet(table)))
+    # the dataset fingerprint is register_bundle's, of the rows the family fitted on (a Siamese family leaves
+    # out tracks without a segment)
     registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
-                                      {"tune_name": name, "dataset_fingerprint": fingerprint}, retrain_gpu)
+                                      {"tune_name": name}, retrain_gpu)
     client.set_terminated(parent_run_id)
     return results, registered
 

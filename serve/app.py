@@ -20,7 +20,9 @@ Endpoints (OpenAPI docs at ``/docs``):
   ``metadata`` (JSON object of metadata columns, e.g. ``{"artist_popularity": 61}``; absent ones are imputed
   with the training medians). Features are extracted exactly as in the batch pipeline. Empty, undecodable,
   too short, silent, longer than ``max_duration_s``, lyrics past ``max_lyric_chars``/``max_lyric_lines``: 422
-  with the reason and the field; a body over ``max_upload_mb``: 413.
+  with the reason and the field; a body over ``max_upload_mb``: 413. A model on log-mel segments (the Siamese
+  CNN) computes the segment it was trained on from the file instead (``lyrics`` is not used; ``metadata`` may
+  carry its tag columns) and answers ``percentile`` too; its ``/predict`` answers 422.
 
 Bounds: ``/predict`` bodies over ``max_body_mb`` and uploads over ``max_upload_mb`` answer 413 from
 ``Content-Length`` or while the body streams, before anything is parsed or spooled (:mod:`serve.body_limit`);
@@ -396,13 +398,16 @@ class HitMusicService:
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0)  # both set from ServeSettings in __init__
     async def _predict_batched(self, batches: list[np.ndarray]) -> list[tuple[Served, dict[str, np.ndarray]]]:
         served = self.holder.served  # one version for the whole batch
+        if served.kind != "rows":  # the alias moved to a model on other input while these rows waited
+            raise HTTPException(503, detail=[{"loc": ["body"], "msg": f"{served.name} now serves version "
+                                              f"{served.version}, which takes audio: retry on /predict/audio"}])
         # Rows were validated by validate_rows: MLflow's per-call schema enforcement over every column would
         # only repeat that on the hot path, so the Python model is called directly, on arrays.
         out = served.model.predict_array(np.concatenate(batches))
         bounds = np.cumsum([0] + [len(b) for b in batches])
         return [(served, {k: v[a:b] for k, v in out.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    async def _answer(self, rows: Rows) -> Response:
+    async def _answer(self, rows: Rows, served: "Served | None" = None) -> Response:
         # The batcher pays when requests overlap; a request alone in the replica would only wait out
         # batch_wait_timeout_s for company that is not coming, and the model's ~0.2 ms per call is less than
         # the batcher's own cost, so it is called directly (always so with max_batch_size 1).
@@ -411,7 +416,7 @@ class HitMusicService:
             served, out = await self._predict_batched(rows.X)
         else:
             self.requests_direct += 1
-            served = self.holder.served
+            served = served or self.holder.served  # the version whose input the rows were checked against
             out = served.model.predict_array(rows.X)
         columns = {k: values.tolist() for k, values in out.items()}
         # orjson writes NaN as null and is several times faster than the standard encoder on 256 rows
@@ -453,7 +458,7 @@ class HitMusicService:
                     f"{served.name} version {served.version} is a {served.model.family} model on log-mel segments "
                     "of the audio, not on feature rows: POST the audio file to /predict/audio")}])
             rows = parse_rows(await request.body())
-            return await self._answer(validate_rows(rows, served.columns, self.settings.max_rows))
+            return await self._answer(validate_rows(rows, served.columns, self.settings.max_rows), served)
         finally:
             self._in_flight -= 1
 
@@ -487,7 +492,7 @@ class HitMusicService:
         given = {c: v for c, v in full.items() if c in meta or c in row}
         validate_rows([given], [c for c in columns if c in given], 1)
         return await self._answer(Rows(np.array([[full[c] for c in columns]], dtype=np.float64),
-                                       [track_id or None]))
+                                       [track_id or None]), served)
 
 
     async def _answer_mel(self, served: Served, data: bytes, name: str, meta: dict, track_id: str) -> Response:

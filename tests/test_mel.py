@@ -99,6 +99,13 @@ def test_mels_job_rows_in_rows_out_and_resumes(ray_local, tmp_path, tiny_catalog
     assert again == counts and len(melstore.MelStore(store_dir).index()) == 8
     with pytest.raises(ValueError, match="other settings"):
         mels.run(manifest, store_dir, MelConfig(segment_s=10.0))
+    # a part cut short by a killed run: readers skip it and leave it be; the job quarantines it and redoes its rows
+    victim = sorted(store_dir.glob("*.parquet"))[0]
+    lost = len(pd.read_parquet(victim))
+    victim.write_bytes(victim.read_bytes()[:100])
+    assert len(melstore.MelStore(store_dir).index()) == 8 - lost and victim.exists()
+    assert mels.run(manifest, store_dir) == counts and not victim.exists()
+    assert (store_dir / "_quarantine" / victim.name).exists()
 
 
 @pytest.mark.integration

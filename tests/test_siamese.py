@@ -317,3 +317,62 @@ def test_siamese_hitmusicnet_learns_on_feature_rows_and_round_trips(tmp_path, sa
     np.testing.assert_allclose(again.predict_array(X)["popularity"], out["popularity"])
     with pytest.raises(ValueError, match="no tag branch"):
         fam.variants(tags=True)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_epochs_follow_the_configuration():
+    """train_pairs returns the weights of the epoch with the best validation objective, not the last; the
+    family's epoch budget and patience are train's --epochs / --patience unless --param sets them."""
+    from torch import nn
+
+    from hitmodels.pair_training import train_pairs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 1), nn.Sigmoid(), nn.Flatten(0))
+    X = torch.rand(40, 1)
+    y = np.random.default_rng(0).uniform(size=40)
+    snapshots = []
+    # validation scores scripted per epoch: best (closest to the truth) at epoch 2
+    script = iter([0.9, 0.5, 0.0, 0.6, 0.8, 0.9, 0.9])
+    val_y = np.zeros(5)
+
+    def val_scores(n):
+        snapshots.append({k: v.clone() for k, v in n.state_dict().items()})
+        return np.full(5, next(script))
+
+    p = {"seed": 0, "lr": 0.1, "weight_decay": 0.0, "w": 0.5, "margin": 0.05, "batch_pairs": 4, "epochs": 7,
+         "patience": 3}
+    out, history = train_pairs(net, lambda idx: (X[torch.from_numpy(idx)],), val_scores, y, np.arange(40), val_y, p,
+                               "naive", "cpu")
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4, 5]  # stopped 3 epochs after the best
+    assert min(range(6), key=lambda e: history[e]["val_objective"]) == 2
+    for k, v in out.state_dict().items():
+        assert torch.equal(v, snapshots[2][k]), k  # the weights scored at epoch 2, not the last epoch's
+    from dataclasses import replace
+
+    fam = get("siamese")
+    rows = synthetic_rows(40, 0), synthetic_rows(12, 1)
+    cfg = TrainConfig(family="siamese", params={"sampling": "naive", "channels": 4}, mlp_epochs=2, patience=50)
+    assert len(fam.fit(rows[0], rows[1], rows[1].iloc[:0], [], cfg).history["siamese-naive"]) == 2
+    cfg = replace(cfg, params={**cfg.params, "epochs": 3})
+    assert len(fam.fit(rows[0], rows[1], rows[1].iloc[:0], [], cfg).history["siamese-naive"]) == 3
+
+
+@pytest.mark.integration
+def test_if_better_compares_siamese_versions_on_their_own_input(siamese_table, siamese_version, mlflow_uri):
+    from dataclasses import replace
+
+    from hitmodels.registry import compare_on_test, promote, promote_if_better
+    from hitmodels.train import train
+
+    path, _ = siamese_table
+    cfg, first = siamese_version
+    second = train(pd.read_parquet(path), replace(cfg, params={**cfg.params, "sampling": "none", "segment": "mid30"}),
+                   mlflow_uri)
+    promote("siamese-cnn", first.version, tracking_uri=mlflow_uri)
+    cand, inc, metric, n = compare_on_test("siamese-cnn", second.version, first.version, pd.read_parquet(path),
+                                           mlflow_uri)
+    assert metric == "mae" and n > 0
+    # each version is scored on its own store and segment: the figures it registered on those test rows
+    assert inc == pytest.approx(first.metrics["test_mae"]) and cand == pytest.approx(second.metrics["test_mae"])
+    promoted, reason = promote_if_better("siamese-cnn", second.version, pd.read_parquet(path), mlflow_uri)
+    assert promoted == (cand <= inc) and "mae" in reason.lower()

@@ -23,9 +23,16 @@ from hitmodels.families.base import Family, Fitted
 
 from . import model as _model
 
+# epochs and patience: train's and evaluate's --epochs and --patience (TrainConfig.mlp_epochs, .patience) unless
+# --param sets them; the values here are those defaults, for the manual
 DEFAULTS = {"mels": "", "segment": "hl30", "sampling": "ab", "w": 0.5, "margin": 0.05, "mu": 0.0, "lr": 1e-3,
-            "epochs": 60, "patience": 8, "batch_pairs": 16, "channels": 32, "fc": 64, "dropout": 0.1,
-            "weight_decay": 1e-4}
+            "epochs": TrainConfig.mlp_epochs, "patience": TrainConfig.patience, "batch_pairs": 16, "channels": 32,
+            "fc": 64, "dropout": 0.1, "weight_decay": 1e-4}
+
+
+def settings(cfg: TrainConfig) -> dict:
+    """The family's settings of ``cfg``: its ``params`` over the defaults, epochs and patience from ``cfg``."""
+    return {**DEFAULTS, "epochs": cfg.mlp_epochs, "patience": cfg.patience, **cfg.params}
 # The tag branch's weight in the +tag variants of the evaluation (their mu; not given in the paper).
 TAG_MU = 0.3
 
@@ -45,7 +52,7 @@ class SiameseFamily(Family):
         from .fit import SAMPLINGS
 
         super().check(cfg)
-        p = {**DEFAULTS, **cfg.params}
+        p = settings(cfg)
         if p["sampling"] not in SAMPLINGS:
             raise ValueError(f"unknown sampling {p['sampling']!r}; choose from {', '.join(SAMPLINGS)}")
         if p["segment"] not in SEGMENTS:
@@ -58,20 +65,19 @@ class SiameseFamily(Family):
     def prepare(self, table: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame:
         from hitmodels.melstore import attach
 
-        p = {**DEFAULTS, **cfg.params}
-        store = p["mels"]
-        if not store:
+        p = settings(cfg)
+        if not p["mels"]:
             raise ValueError("the siamese family needs a mel store: make one with hitmusic mels MANIFEST DIR and "
                              "name it with --mels DIR (or --param mels=DIR)")
-        return attach(table, store, p["segment"])
+        return attach(table, p["mels"], p["segment"])
 
     def fit(self, fit_rows, val_rows, calib_rows, columns, cfg, log=False, on_epoch=None, parallel=None) -> Fitted:
         from dataclasses import replace
 
         from .fit import fit_siamese
 
-        cfg = replace(cfg, params={**cfg.params, "seed": cfg.seed})
-        return fit_siamese(fit_rows, val_rows, calib_rows, columns, cfg, {**DEFAULTS, "seed": 0}, log, on_epoch)
+        cfg = replace(cfg, params={**settings(cfg), "seed": cfg.seed})
+        return fit_siamese(fit_rows, val_rows, calib_rows, columns, cfg, DEFAULTS, log, on_epoch)
 
     def variants(self, tags: bool = False) -> dict[str, dict]:
         """Yu et al.'s Table 1 rows on HL-30: rating-only CNN, naive, artist, A/B and A/B + artist sampling,
@@ -105,8 +111,10 @@ class SiameseFamily(Family):
         return replace(cfg, params={"epochs": base.mlp_epochs, **cfg.params})
 
     def trial(self, config: dict) -> None:
-        """One Ray Tune trial: the point fitted on the fit rows, ``val_spearman``, ``val_loss`` (MSE) and
-        ``val_mae`` on the validation rows reported after every epoch, so ASHA can stop it early."""
+        """One Ray Tune trial: the point fitted on the fit rows; after every epoch it reports ``val_spearman``
+        and ``val_loss`` (MSE) on the validation rows of the epoch early stopping would keep so far (and
+        ``epoch_val_spearman``, this epoch's), so ASHA can stop it early and the best trial is ranked on the
+        weights it keeps."""
         from dataclasses import replace
 
         import mlflow
@@ -127,9 +135,16 @@ class SiameseFamily(Family):
             mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
                              "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
 
+            kept = {"objective": float("inf")}
+
             def report(stage: str, epoch: int, entry: dict) -> None:
-                m = {"val_spearman": entry.get("val_spearman", 0.0), "val_loss": entry.get("val_mse", entry["loss"]),
-                     "train_loss": entry["loss"]}
+                # early stopping keeps the weights of the best validation objective: the trial is ranked on
+                # that epoch's numbers, not on those of the last epoch it ran
+                if entry.get("val_objective", float("inf")) < kept["objective"]:
+                    kept.update(objective=entry["val_objective"], spearman=entry.get("val_spearman", 0.0),
+                                mse=entry.get("val_mse", entry["loss"]))
+                m = {"val_spearman": kept.get("spearman", 0.0), "val_loss": kept.get("mse", entry["loss"]),
+                     "epoch_val_spearman": entry.get("val_spearman", 0.0), "train_loss": entry["loss"]}
                 mlflow.log_metrics(m, step=epoch)
                 tune.report({**m, "epoch": epoch})
 
@@ -142,10 +157,10 @@ class SiameseFamily(Family):
         return _model.load_bundle(Path(directory))
 
     def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
-        return {f"params.{k}": v for k, v in {**DEFAULTS, **cfg.params}.items()}
+        return {f"params.{k}": v for k, v in settings(cfg).items()}
 
     def describe(self, cfg: TrainConfig) -> str:
-        p = {**DEFAULTS, **cfg.params}
+        p = settings(cfg)
         objective = "rating only (MSE)" if p["sampling"] == "none" else \
             f"{p['sampling']} pairs, (1 - {p['w']}) MSE + {p['w']} hinge (margin {p['margin']})"
         tags = f", tag branch mu {p['mu']}" if p["mu"] > 0 else ""

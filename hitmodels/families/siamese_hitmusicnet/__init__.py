@@ -24,8 +24,13 @@ from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
 from hitmodels.predict import Preprocessor, RowModel
 
-DEFAULTS = {"sampling": "ab", "w": 0.5, "margin": 0.05, "lr": 1e-3, "epochs": 200, "patience": 20,
-            "batch_pairs": 32, "delta": 0.2, "dropout": 0.1, "weight_decay": 1e-4}
+# epochs and patience: --epochs and --patience (TrainConfig.mlp_epochs, .patience) unless --param sets them
+DEFAULTS = {"sampling": "ab", "w": 0.5, "margin": 0.05, "lr": 1e-3, "epochs": TrainConfig.mlp_epochs,
+            "patience": TrainConfig.patience, "batch_pairs": 32, "delta": 0.2, "dropout": 0.1, "weight_decay": 1e-4}
+
+
+def settings(cfg: TrainConfig) -> dict:
+    return {**DEFAULTS, "epochs": cfg.mlp_epochs, "patience": cfg.patience, **cfg.params}
 FILES = ("weights.pt", "arch.json", "preprocess.json")
 SAMPLINGS = ("none", "naive", "ab", "artist", "ab+artist")
 ARCH_VERSION = 1
@@ -131,7 +136,7 @@ class SiameseHitMusicNetFamily(Family):
 
     def check(self, cfg: TrainConfig) -> None:
         super().check(cfg)
-        p = {**DEFAULTS, **cfg.params}
+        p = settings(cfg)
         if p["sampling"] not in SAMPLINGS:
             raise ValueError(f"unknown sampling {p['sampling']!r}; choose from {', '.join(SAMPLINGS)}")
         if not 0 <= p["w"] <= 1 or p["margin"] < 0 or not 0 < p["delta"] <= 1 or p["lr"] <= 0:
@@ -152,7 +157,7 @@ class SiameseHitMusicNetFamily(Family):
         from hitmodels.predict import class_thresholds
 
         start = time.perf_counter()
-        p = {**DEFAULTS, **cfg.params, "seed": cfg.seed}
+        p = {**settings(cfg), "seed": cfg.seed}
         pre = Preprocessor.fit(fit_rows, columns)
         X = torch.from_numpy(pre.transform(fit_rows))
         Xv = torch.from_numpy(pre.transform(val_rows))
@@ -213,8 +218,11 @@ class SiameseHitMusicNetFamily(Family):
         nets.eval()
         return SiameseRowModel(nets, Preprocessor.from_json((directory / "preprocess.json").read_text()), meta)
 
+    def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
+        return {f"params.{k}": v for k, v in settings(cfg).items()}
+
     def describe(self, cfg: TrainConfig) -> str:
-        p = {**DEFAULTS, **cfg.params}
+        p = settings(cfg)
         objective = "rating only (MSE)" if p["sampling"] == "none" else \
             f"{p['sampling']} pairs, (1 - {p['w']}) MSE + {p['w']} hinge (margin {p['margin']})"
         return f"{self.label}, code δ {p['delta']}, {objective}"
