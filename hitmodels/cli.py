@@ -15,6 +15,7 @@ Typical session (what ``hitmusic demo`` runs):
     hitmusic rollback                             # champion <- previous
     hitmusic serve                                # Ray Serve HTTP endpoint on 127.0.0.1:8000
     hitmusic score .hitmusic/model_table.parquet .hitmusic/scores
+    hitmusic train .hitmusic/model_table.parquet --family siamese --mels .hitmusic/mels   # -> siamese-cnn
     hitmusic down                                 # stop Serve, Ray and MLflow
 
 Environment: HITMUSIC_HOME (data directory, default ./.hitmusic), MLFLOW_TRACKING_URI (default
@@ -173,6 +174,7 @@ def cmd_demo(args) -> int:
     champion = score.run(table_path, home / "scores", model_name, "champion", svc.tracking_uri)
     scores = score.read_scores(home / "scores")
     step(f"scored {len(scores)} tracks -> {home / 'scores'}")
+    siamese = demo_siamese(args, svc, paths["manifest"], table_path, step) if args.siamese else ""
     table = pd.read_parquet(table_path)
     from .data import feature_columns, training_rows
 
@@ -191,9 +193,40 @@ Done in {time.monotonic() - t0:.0f} s.
 Try it:
   curl -s {url}/
   curl -s -X POST {url}/predict -H 'Content-Type: application/json' -d @{example_path}
-
+{siamese}
 Stop everything with: make stop   (or: hitmusic down)""")
     return 0
+
+
+def demo_siamese(args, svc, manifest: Path, table_path: Path, step) -> str:
+    """The demo's second family: log-mel segments, the Siamese CNN trained, registered, promoted and served
+    beside the feature-row champion; returns the lines it adds to the demo's summary."""
+    import pandas as pd
+
+    from pipelines import mels
+    from serve.deploy import deploy, placement
+
+    from .config import TrainConfig
+    from .registry import promote
+    from .train import train
+
+    step("log-mel segments (Mid-30, HL-30) of every preview with Ray Data")
+    mels.run(manifest, svc.home / "mels")
+    step("the Siamese CNN (A/B pairs, MSE + ranking loss) on those segments, registered as siamese-cnn")
+    name = "siamese-cnn"
+    result = train(pd.read_parquet(table_path), TrainConfig(
+        family="siamese", name="siamese-ab", model_name=name, experiment=name, mlp_epochs=args.epochs,
+        params={"mels": str(svc.home / "mels")}), svc.tracking_uri)
+    promote(name, result.version, tracking_uri=svc.tracking_uri)
+    app, prefix = placement(name)
+    url = deploy(ServeSettings(model_name=name, tracking_uri=svc.tracking_uri), svc.host, svc.serve_port,
+                 app, prefix)
+    step(f"siamese-cnn version {result.version} (test MAE {result.metrics['test_mae']:.4f}, Kendall@10% "
+         f"{result.metrics['test_kendall_top10']:.3f}) served at {url}")
+    audio = pd.read_parquet(manifest)["audio_uri"].iloc[0]
+    return f"""  Siamese CNN:    {url}/predict/audio   (model '{name}', version {result.version}, beside the champion)
+  curl -s -F file=@{audio} {url}/predict/audio
+"""
 
 
 def registered_family(ref) -> str:
@@ -276,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, default=100, help="maximum training epochs (default 100)")
     sp.add_argument("--tune-trials", type=int, default=4, help="trials of the demo's tuning run (0: skip; default 4)")
     sp.add_argument("--tune-epochs", type=int, default=20, help="maximum epochs per tuning trial (default 20)")
+    sp.add_argument("--no-siamese", dest="siamese", action="store_false",
+                    help="skip the Siamese CNN (mel store, training, its own endpoint under /siamese-cnn)")
     return p
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .devices import Parallel, shard_rows
 from .ranking import objective, sample_pairs, siamese_loss
 
 
@@ -44,12 +45,15 @@ def fusion_weight(a: np.ndarray, b: np.ndarray, truth: np.ndarray, w: float, mar
     return float(grid[int(np.argmin(losses))])
 
 
-def epoch_pairs(sampling: str, y: np.ndarray, artists: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One epoch's ``(n_pairs, 2)`` positions; ``"none"``: a permutation of single tracks, two per slot."""
+def epoch_pairs(sampling: str, y: np.ndarray, artists: np.ndarray, rng: np.random.Generator,
+                mean: float | None = None) -> np.ndarray:
+    """One epoch's ``(n_pairs, 2)`` positions; ``"none"``: a permutation of single tracks, two per slot.
+    ``mean``: the training mean A/B sampling splits at (default: that of ``y``; a data-parallel worker passes
+    that of all the fit rows, not of its shard)."""
     if sampling == "none":
         order = rng.permutation(len(y))
         return order[: 2 * (len(order) // 2)].reshape(-1, 2)
-    pairs = sample_pairs(sampling, y, artists, rng)
+    pairs = sample_pairs(sampling, y, artists, rng, mean)
     if len(pairs) == 0:
         raise ValueError(f"{sampling} sampling finds no pairs in the {len(y)} fit rows (artist sampling needs "
                          "artists with two or more tracks)")
@@ -59,25 +63,40 @@ def epoch_pairs(sampling: str, y: np.ndarray, artists: np.ndarray, rng: np.rando
 def train_pairs(net: nn.Module, inputs: Callable[[np.ndarray], tuple], val_scores: Callable[[nn.Module], np.ndarray],
                 y: np.ndarray, artists: np.ndarray, val_y: np.ndarray, p: dict, sampling: str, dev,
                 log: bool = False, on_epoch: Callable | None = None, stage: str = "pairs",
-                sample: Callable = epoch_pairs) -> tuple[nn.Module, list[dict]]:
+                sample: Callable = epoch_pairs, parallel: Parallel | None = None) -> tuple[nn.Module, list[dict]]:
     """Fit ``net`` (already on ``dev``) on the fit rows' targets ``y`` (popularity / 100); ``inputs(positions)``
     gives the network's input tensors for those rows, ``val_scores(net)`` its scores of the validation rows.
     Settings from ``p``: lr, weight_decay, w, margin, batch_pairs, epochs, patience, seed. Returns the network
-    at its best epoch (on the CPU, in eval mode) and the history per epoch."""
+    at its best epoch (on the CPU, in eval mode) and the history per epoch.
+
+    Data-parallel (``parallel`` of several workers, e.g. Ray Train's): each worker draws its pairs from its own
+    shard of the fit rows (:func:`~hitmodels.devices.shard_rows`; A/B still splits at the mean of all of
+    them), every worker takes the same number of steps per epoch (the fewest any shard's pairs give, since
+    DDP's all-reduce needs every worker in every step), gradients are averaged by DDP, and the early-stopping
+    decision uses the loss and validation objective averaged over the workers, so all stop together with the
+    same weights."""
+    par = parallel or Parallel()
     torch.manual_seed(int(p["seed"]))
     rng = np.random.default_rng(int(p["seed"]))
-    opt = torch.optim.Adam(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+    shard = shard_rows(len(y), par.rank, par.world_size, int(p["seed"]))
+    mean = float(np.mean(y))
+    model = par.wrap(net) if par.world_size > 1 else net
+    core = getattr(model, "module", model)  # DDP's wrapped network: what is scored, saved and returned
+    opt = torch.optim.Adam(model.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
     w, margin = (0.0, 0.0) if sampling == "none" else (float(p["w"]), float(p["margin"]))
     yt = torch.tensor(y, dtype=torch.float32)
     batch = int(p["batch_pairs"])
-    best, best_state, since, history = np.inf, copy.deepcopy(net.state_dict()), 0, []
+    best, best_state, since, history = np.inf, copy.deepcopy(core.state_dict()), 0, []
     for epoch in range(int(p["epochs"])):
-        net.train()
-        pairs = sample(sampling, y, artists, rng)
+        model.train()
+        pairs = shard[sample(sampling, y[shard], artists[shard], rng, mean)]
+        n_steps = -(-len(pairs) // batch)
+        if par.world_size > 1:
+            n_steps = int(min(par.gather(float(n_steps))))
         total, steps = 0.0, 0
-        for a in range(0, len(pairs), batch):
+        for a in range(0, n_steps * batch, batch):
             idx = pairs[a:a + batch].reshape(-1)
-            s = net(*(t.to(dev) if t is not None else None for t in inputs(idx)))
+            s = model(*(t.to(dev) if t is not None else None for t in inputs(idx)))
             yy = yt[torch.from_numpy(idx)].to(dev)
             loss = siamese_loss(s[0::2], s[1::2], yy[0::2], yy[1::2], w, margin)
             opt.zero_grad()
@@ -85,13 +104,14 @@ def train_pairs(net: nn.Module, inputs: Callable[[np.ndarray], tuple], val_score
             opt.step()
             total += loss.item()
             steps += 1
-        entry = {"epoch": epoch, "loss": total / steps, "pairs": int(len(pairs))}
+        par.average_buffers(core)
+        entry = {"epoch": epoch, "loss": par.mean([total / steps])[0], "pairs": int(len(pairs))}
         if len(val_y):
-            net.eval()
+            core.eval()
             with torch.inference_mode():
-                sv = val_scores(net)
-            entry.update(val_objective=objective(sv, val_y, w, margin), val_mse=float(np.mean((sv - val_y) ** 2)),
-                         val_spearman=spearman(sv, val_y))
+                sv = val_scores(core)
+            entry.update(val_objective=par.mean([objective(sv, val_y, w, margin)])[0],
+                         val_mse=float(np.mean((sv - val_y) ** 2)), val_spearman=spearman(sv, val_y))
         val = entry.get("val_objective", entry["loss"])
         history.append(entry)
         if on_epoch is not None:
@@ -99,11 +119,11 @@ def train_pairs(net: nn.Module, inputs: Callable[[np.ndarray], tuple], val_score
         if log:
             print(f"{stage}: epoch {epoch} loss {entry['loss']:.5f} val {val:.5f}", file=sys.stderr)
         if val < best - 1e-7:
-            best, best_state, since = val, copy.deepcopy(net.state_dict()), 0
+            best, best_state, since = val, copy.deepcopy(core.state_dict()), 0
         else:
             since += 1
             if since >= int(p["patience"]):
                 break
-    net.load_state_dict(best_state)
-    net.cpu().eval()
-    return net, history
+    core.load_state_dict(best_state)
+    core.cpu().eval()
+    return core, history

@@ -69,12 +69,12 @@ def artist_pairs(artists, rng: np.random.Generator) -> np.ndarray:
     return out[rng.permutation(len(out))]
 
 
-def sample_pairs(kind: str, y: np.ndarray, artists, rng: np.random.Generator) -> np.ndarray:
-    """One epoch's pairs of sampler ``kind`` (one of :data:`SAMPLERS`)."""
+def sample_pairs(kind: str, y: np.ndarray, artists, rng: np.random.Generator, mean: float | None = None) -> np.ndarray:
+    """One epoch's pairs of sampler ``kind`` (one of :data:`SAMPLERS`); ``mean``: A/B's split (default: ``y``'s)."""
     if kind == "naive":
         return naive_pairs(len(y), rng)
     if kind == "ab":
-        return ab_pairs(y, rng)
+        return ab_pairs(y, rng, mean)
     if kind == "artist":
         return artist_pairs(artists, rng)
     raise ValueError(f"unknown pair sampling {kind!r}; choose from {', '.join(SAMPLERS)}")

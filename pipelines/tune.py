@@ -19,7 +19,7 @@ How it works:
 - Every trial is an MLflow run nested under one parent run per tuning job, with its parameters, per-epoch
   losses, a learning-curve plot and the dataset fingerprint (hash of the model table + feature schema
   version): enough to reproduce it from the run alone.
-- The best configuration is retrained on the whole training part: HitMusicNet with Ray Train
+- The best configuration is retrained on the whole training part: HitMusicNet and the Siamese CNN with Ray Train
   (``TorchTrainer``; ``--train-workers N`` > 1 trains data-parallel with DDP, each worker fitting its own
   equal share of the rows, gradients averaged over the workers; gloo on CPU, nccl when GPUs are used), a
   classical family in one Ray task. It is then registered as a

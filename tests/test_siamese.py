@@ -4,6 +4,8 @@ MLflow server."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,8 +109,8 @@ def test_pairs_come_only_from_fit_rows(monkeypatch):
     seen: list[np.ndarray] = []
     real = pair_training.sample_pairs
 
-    def recording(kind, y, artists, rng):
-        pairs = real(kind, y, artists, rng)
+    def recording(kind, y, artists, rng, mean=None):
+        pairs = real(kind, y, artists, rng, mean)
         seen.append(np.asarray(artists, dtype=object)[pairs])
         assert pairs.max() < len(s.fit)
         return pairs
@@ -376,3 +378,33 @@ def test_if_better_compares_siamese_versions_on_their_own_input(siamese_table, s
     assert inc == pytest.approx(first.metrics["test_mae"]) and cand == pytest.approx(second.metrics["test_mae"])
     promoted, reason = promote_if_better("siamese-cnn", second.version, pd.read_parquet(path), mlflow_uri)
     assert promoted == (cand <= inc) and "mae" in reason.lower()
+
+
+@pytest.mark.integration
+def test_siamese_retraining_on_two_workers_is_data_parallel(siamese_table, ray_local, mlflow_uri, tmp_path):
+    """Ray Train with two workers: each samples its pairs from its own shard of the fit rows, DDP averages the
+    gradients, both end with the same weights, and that network is the bundle that gets registered."""
+    from hitmodels import ray_retrain
+    from hitmodels.bundle import load_bundle
+    from hitmodels.data import training_rows
+    from hitmodels.devices import shard_rows
+    from hitmodels.train import register_bundle, retrain_rows
+
+    path, store = siamese_table
+    cfg = TrainConfig(family="siamese", model_name="siamese-ddp-test", experiment="siamese-ddp-test", mlp_epochs=3,
+                      params={"mels": str(store), "channels": 8, "sampling": "naive"})
+    result = ray_retrain.retrain(str(path), cfg, tmp_path / "ray_results", workers=2, name="siamese-ddp")
+    m = result.metrics
+    assert m["world_size"] == 2 and [r["rank"] for r in m["ranks"]] == [0, 1]
+    table = get("siamese").prepare(training_rows(pd.read_parquet(path)), cfg)
+    fit, _, _ = retrain_rows(table, cfg)
+    own = [fit["track_id"].iloc[shard_rows(len(fit), rank, 2, cfg.seed)] for rank in (0, 1)]
+    assert set(own[0]).isdisjoint(own[1])
+    for reported, ids in zip(m["ranks"], own):
+        assert reported["shard_rows"] == len(fit) // 2 and reported["shard_digest"] == ray_retrain.rows_digest(ids)
+    assert m["ranks"][0]["weights_checksum"] == m["ranks"][1]["weights_checksum"]
+    with result.checkpoint.as_directory() as bundle:
+        model = load_bundle(Path(bundle))
+        assert ray_retrain.weights_checksum(model.nets) == m["ranks"][0]["weights_checksum"]
+        reg = register_bundle(Path(bundle), pd.read_parquet(path), cfg, mlflow_uri, tags={"train_workers": "2"})
+    assert reg.family == "siamese" and np.isfinite(reg.metrics["test_mae"])

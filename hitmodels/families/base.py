@@ -98,6 +98,11 @@ class Family:
     def save(self, model: RowModel, directory: Path) -> list[str]:
         raise NotImplementedError
 
+    def network(self, model: RowModel):
+        """A torch family's network(s) as one ``nn.Module`` (what data-parallel retraining checks is equal on
+        every worker)."""
+        raise NotImplementedError(f"the {self.name} family has no torch network")
+
     def load(self, directory: Path) -> RowModel:
         raise NotImplementedError
 

@@ -62,6 +62,9 @@ class HitMusicNetFamily(Family):
     def save(self, model: _model.HitMusicPyfunc, directory: Path) -> list[str]:
         return _model.save_bundle(Path(directory), model.net, model.pre, model.meta)
 
+    def network(self, model: _model.HitMusicPyfunc):
+        return model.net
+
     def load(self, directory: Path) -> _model.HitMusicPyfunc:
         return _model.HitMusicPyfunc(*_model.load_bundle(Path(directory)))
 
@@ -93,7 +96,7 @@ class HitMusicNetFamily(Family):
         hitmusicnet_trial(config)
 
     def retrain(self, table_path, cfg, storage, workers, name, use_gpu=False):
-        from .tune import retrain_with_ray_train
+        from hitmodels.ray_retrain import retrain_with_ray_train
 
         return retrain_with_ray_train(table_path, cfg, storage, workers, name, use_gpu)
 

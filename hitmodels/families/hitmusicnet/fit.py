@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import mlflow
@@ -21,7 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 from hitmodels.config import CLASS_NAMES, TrainConfig
-from hitmodels.devices import resolve_device, torch_threads  # noqa: F401 (re-exported)
+from hitmodels.devices import Parallel, resolve_device, shard_rows, torch_threads  # noqa: F401 (re-exported)
 from hitmodels.families.base import Fitted
 from hitmodels.predict import Preprocessor, class_labels, class_thresholds
 
@@ -60,45 +59,6 @@ def effective_batch_size(batch_size: int, n_train: int, min_steps: int = 10) -> 
     optimiser steps (never below 8). With the paper's 256 this only matters below 2,560 training rows: on a
     200-track sample one full batch per epoch would leave 100 epochs with 100 steps, too few to learn."""
     return max(1, min(batch_size, max(8, n_train // min_steps)))
-
-
-def _same_module(model: nn.Module) -> nn.Module:
-    return model
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """This process's place in data-parallel training: ``rank`` of ``world_size`` workers, ``wrap`` turns a
-    module into one whose gradients are averaged over the workers (DDP, e.g. Ray Train's ``prepare_model``),
-    and ``device`` is where this worker computes. The default is plain single-process training."""
-
-    rank: int = 0
-    world_size: int = 1
-    wrap: Callable[[nn.Module], nn.Module] = _same_module
-    device: torch.device = torch.device("cpu")
-
-    def mean(self, values: list[float]) -> list[float]:
-        """The means of ``values`` over the workers, so that every worker takes the same early-stopping
-        decision (a worker leaving the loop alone would leave the others waiting in the next all-reduce)."""
-        if self.world_size == 1:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return (t / self.world_size).tolist()
-
-
-def shard_rows(n: int, rank: int, world_size: int, seed: int) -> np.ndarray:
-    """Sorted positions of this rank's share of ``n`` rows: one shuffle with ``seed`` (the same on every rank),
-    then every ``world_size``-th row, cut to ``n // world_size`` so that every rank takes the same number of
-    optimiser steps (DDP's all-reduce needs every rank in every step). Shards are disjoint; the
-    ``n % world_size`` rows left over are not trained on. One worker keeps every row in order."""
-    if world_size == 1:
-        return np.arange(n)
-    if n < world_size:
-        raise ValueError(f"{n} rows cannot be shared among {world_size} workers")
-    return np.sort(np.random.default_rng(seed).permutation(n)[rank::world_size][: n // world_size])
 
 
 def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train: torch.Tensor,

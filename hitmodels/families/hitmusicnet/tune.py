@@ -8,14 +8,12 @@ N > 1 is data-parallel with DDP (each worker fits its own equal share of the row
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import pandas as pd
 
 from hitmodels.config import TrainConfig
+
 
 def hitmusicnet_space(search: str) -> dict:
     from ray import tune
@@ -98,89 +96,6 @@ def learning_curve_figure(history: dict[str, list[dict]], title: str):
     return fig
 
 
-def ray_parallel():
-    """This Ray Train worker's :class:`~hitmodels.train.Parallel`: DDP through ``prepare_model`` over the
-    process group Ray Train set up (gloo on CPU, nccl on GPUs)."""
-    import ray.train
-    import ray.train.torch
-
-    from .fit import Parallel
-
-    ctx = ray.train.get_context()
-    return Parallel(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.prepare_model,
-                    ray.train.torch.get_device())
-
-
-def weights_checksum(net) -> str:
-    h = hashlib.sha256()
-    for key, value in sorted(net.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def rows_digest(track_ids) -> str:
-    return hashlib.sha256("\n".join(sorted(map(str, track_ids))).encode()).hexdigest()
-
-
-def retrain_loop(config: dict) -> None:
-    """Ray Train worker: fit the chosen configuration on the whole training part (:func:`retrain_rows`),
-    data-parallel over the workers (each trains on its shard of the fit rows, DDP averages gradients), and
-    hand the bundle back as a checkpoint from rank 0. Test rows stay untouched until the driver registers
-    the model. The metrics carry, per rank, its shard's size and digest and a checksum of its final weights."""
-    import ray.train
-    import torch.distributed as dist
-
-    from hitmodels.bundle import feature_config_of, write_bundle
-    from hitmodels.data import feature_columns, training_rows
-    from hitmodels.train import retrain_rows
-
-    from .fit import fit_model
-
-    cfg = TrainConfig(**config["cfg"])
-    raw = pd.read_parquet(config["table"])
-    table = training_rows(raw)
-    fit, stop, calib = retrain_rows(table, cfg)
-    par = ray_parallel()
-    fitted = fit_model(fit, stop, calib, feature_columns(table), cfg, parallel=par)
-    mine = {"rank": par.rank, "shard_rows": len(fitted.shard),
-            "shard_digest": rows_digest(fit["track_id"].iloc[fitted.shard]),
-            "weights_checksum": weights_checksum(fitted.model.net)}
-    ranks = [mine] * par.world_size
-    if par.world_size > 1:
-        dist.all_gather_object(ranks, mine)
-    metrics = {"val_loss": min(r["val_loss"] for r in fitted.history["pop"]), "world_size": par.world_size,
-               "device": str(par.device), "fit_seconds": fitted.seconds, "ranks": ranks}
-    # Every worker must call report (it is a barrier in Ray Train V2); only rank 0's metrics are kept, and
-    # its checkpoint alone is the bundle (the others' files would be merged into the same directory).
-    if par.rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        write_bundle(Path(tmp), fitted.model, feature_config_of(raw))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def retrain(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str, use_gpu: bool = False):
-    """Run :func:`retrain_loop` on ``workers`` Ray Train workers (one GPU each with ``use_gpu``); returns
-    Ray Train's Result (checkpoint: the bundle; metrics: rank 0's report)."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    trainer = TorchTrainer(retrain_loop, train_loop_config={"cfg": asdict(cfg), "table": table_path},
-                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                           run_config=RunConfig(name=name, storage_path=str(storage)))
-    return trainer.fit()
-
-
-def retrain_with_ray_train(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str,
-                           use_gpu: bool = False):
-    """:func:`retrain`, checked (every worker must end with the same weights), as the family's ``retrain``:
-    a context manager giving the bundle directory, and the version's tags."""
-    result = retrain(table_path, cfg, storage, workers, name, use_gpu)
-    m = result.metrics
-    if len({r["weights_checksum"] for r in m["ranks"]}) > 1:  # DDP broke: no worker's model saw all the rows
-        raise RuntimeError(f"the {m['world_size']} retraining workers ended with different weights")
-    tags = {"train_workers": str(m["world_size"]), "train_device": m["device"],
-            "train_shard_rows": ",".join(str(r["shard_rows"]) for r in m["ranks"])}
-    return result.checkpoint.as_directory(), tags
+# the Ray Train retraining is every torch family's (hitmodels/ray_retrain.py); these names stay importable here
+from hitmodels.ray_retrain import (ray_parallel, retrain, retrain_loop, retrain_with_ray_train,  # noqa: E402,F401
+                                   rows_digest, weights_checksum)

@@ -77,7 +77,7 @@ class SiameseFamily(Family):
         from .fit import fit_siamese
 
         cfg = replace(cfg, params={**settings(cfg), "seed": cfg.seed})
-        return fit_siamese(fit_rows, val_rows, calib_rows, columns, cfg, DEFAULTS, log, on_epoch)
+        return fit_siamese(fit_rows, val_rows, calib_rows, columns, cfg, DEFAULTS, log, on_epoch, parallel)
 
     def variants(self, tags: bool = False) -> dict[str, dict]:
         """Yu et al.'s Table 1 rows on HL-30: rating-only CNN, naive, artist, A/B and A/B + artist sampling,
@@ -149,6 +149,16 @@ class SiameseFamily(Family):
                 tune.report({**m, "epoch": epoch})
 
             self.fit(s.fit, s.val, s.fit.iloc[:0], feature_columns(table), replace(cfg, threads=1), on_epoch=report)
+
+    def network(self, model: _model.SiameseModel):
+        return model.nets
+
+    def retrain(self, table_path, cfg, storage, workers, name, use_gpu=False):
+        """Ray Train, data-parallel with ``workers`` > 1 (each worker samples its pairs from its own shard of
+        the fit rows; DDP averages the gradients), as HitMusicNet's retraining."""
+        from hitmodels.ray_retrain import retrain_with_ray_train
+
+        return retrain_with_ray_train(table_path, cfg, storage, workers, name, use_gpu)
 
     def save(self, model: _model.SiameseModel, directory: Path) -> list[str]:
         return _model.save_bundle(Path(directory), model)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from hitmodels.config import MelConfig, TrainConfig
-from hitmodels.devices import resolve_device, torch_threads
+from hitmodels.devices import resolve_device, shard_rows, torch_threads
 from hitmodels.families.base import Fitted
 from hitmodels.predict import Preprocessor, class_thresholds
 from hitmodels.pair_training import artist_labels, fusion_weight, train_pairs
@@ -62,7 +62,8 @@ def _scores(net: SiameseNet, mels: np.ndarray, tags: np.ndarray | None, dev, chu
 
 def train_network(mels: np.ndarray, tags: np.ndarray | None, y: np.ndarray, artists: np.ndarray,
                   val_mels: np.ndarray, val_tags: np.ndarray | None, val_y: np.ndarray, p: dict, sampling: str,
-                  dev, log: bool = False, on_epoch: Callable | None = None, stage: str = "siamese") -> tuple[SiameseNet, list[dict]]:
+                  dev, log: bool = False, on_epoch: Callable | None = None, stage: str = "siamese",
+                  parallel=None) -> tuple[SiameseNet, list[dict]]:
     """One network fitted on segments ``mels`` ``(n, n_mels, n_frames)`` float16 with targets ``y`` (popularity /
     100), early-stopped on the validation objective; returns it (best epoch's weights) and the history."""
     torch.manual_seed(int(p["seed"]))
@@ -78,11 +79,13 @@ def train_network(mels: np.ndarray, tags: np.ndarray | None, y: np.ndarray, arti
         return torch.from_numpy(mels[idx].astype(np.float32)), tags_t[idx] if tags_t is not None else None
 
     return train_pairs(net, inputs, lambda n: _scores(n, val_mels, val_tags, dev), y, artists, val_y, p, sampling,
-                       dev, log, on_epoch, stage)
+                       dev, log, on_epoch, stage, parallel=parallel)
 
 
 def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.DataFrame, columns: list[str],
-                cfg: TrainConfig, defaults: dict, log: bool = False, on_epoch=None) -> Fitted:
+                cfg: TrainConfig, defaults: dict, log: bool = False, on_epoch=None, parallel=None) -> Fitted:
+    """Fit the Siamese family (``parallel``: this worker's place in a data-parallel retraining, see
+    :func:`hitmodels.pair_training.train_pairs`)."""
     start = time.perf_counter()
     p = {**defaults, **cfg.params}
     sampling = str(p["sampling"])
@@ -98,13 +101,13 @@ def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.D
     y = fit_rows["popularity"].to_numpy(float) / 100.0
     val_y = val_rows["popularity"].to_numpy(float) / 100.0
     artists = artist_labels(fit_rows)
-    dev = resolve_device(cfg.device)
+    dev = parallel.device if parallel is not None else resolve_device(cfg.device)
     kinds = ["ab", "artist"] if sampling == "ab+artist" else [sampling]
     nets, history = [], {}
     with torch_threads(cfg.threads):
         for kind in kinds:
             net, hist = train_network(mels, tags, y, artists, val_mels, val_tags, val_y, p, kind, dev, log, on_epoch,
-                                      stage=f"siamese-{kind}")
+                                      stage=f"siamese-{kind}", parallel=parallel)
             nets.append(net)
             history[f"siamese-{kind}"] = hist
     fusion = [1.0]
@@ -121,4 +124,5 @@ def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.D
     train_scores = model.hit_scores(mels, tags)
     meta.train_scores = np.quantile(train_scores, np.linspace(0, 1, min(1001, len(train_scores)))).tolist()
     model.calibrate(calib_rows, cfg.coverage)
-    return Fitted(model, history, time.perf_counter() - start)
+    shard = shard_rows(len(y), parallel.rank, parallel.world_size, int(p["seed"])) if parallel is not None else None
+    return Fitted(model, history, time.perf_counter() - start, shard)

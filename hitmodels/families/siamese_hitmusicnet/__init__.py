@@ -194,6 +194,9 @@ class SiameseHitMusicNetFamily(Family):
         model.calibrate(calib_rows, cfg.coverage)
         return Fitted(model, history, time.perf_counter() - start)
 
+    def network(self, model: SiameseRowModel):
+        return model.nets
+
     def save(self, model: SiameseRowModel, directory: Path) -> list[str]:
         import torch
 
