@@ -250,6 +250,24 @@ class RowModel(mlflow.pyfunc.PythonModel):
             self.conformal = asdict(SplitConformal.fit(rows["popularity"].to_numpy(float), pred, coverage))
 
 
+class MetaRowModel(RowModel):
+    """A :class:`RowModel` whose class boundaries, calibration and configuration name live in ``meta``, the
+    dataclass its bundle saves as JSON (fields ``thresholds``, ``conformal``, ``config``): calibrating the model
+    updates what is saved."""
+
+    def __init__(self, pre: Preprocessor, meta):
+        self.meta = meta
+        super().__init__(pre, meta.thresholds, meta.conformal, meta.config)
+
+    @property
+    def conformal(self) -> dict | None:
+        return self.meta.conformal
+
+    @conformal.setter
+    def conformal(self, value: dict | None) -> None:
+        self.meta.conformal = value
+
+
 def __getattr__(name: str):
     # Versions registered before families carry a code file doing `from hitmodels.predict import
     # HitMusicPyfunc; set_model(HitMusicPyfunc())`: MLflow's own load_model of them gets the bundle loader.

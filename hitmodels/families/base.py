@@ -167,14 +167,15 @@ class Family:
         return bundle(), {"train_workers": "1", "train_device": "cpu",
                           "retrain_seconds": f"{time.perf_counter() - start:.1f}"}
 
-    def trial(self, config: dict) -> None:
-        """One Ray Tune trial: fit the point on the fit rows, report ``val_loss`` (MSE of popularity / 100 on
-        the validation rows, the metric every family's trials are compared on) once."""
+    @contextlib.contextmanager
+    def trial_run(self, config: dict, extra_params: dict | None = None):
+        """What every trial does around its fit: the trial's configuration, the family's prepared rows and
+        their split, inside the trial's MLflow run (nested under the tuning job's) with its parameters and tags.
+        Yields ``(cfg, table, splits)``."""
         import mlflow
         from ray import tune
 
-        from hitmodels.data import feature_columns, training_rows
-        from hitmodels.evaluate import regression_metrics
+        from hitmodels.data import training_rows
         from hitmodels.train import dataset_fingerprint, git_commit, split_rows
 
         ctx = config["context"]
@@ -184,9 +185,22 @@ class Family:
         mlflow.set_tracking_uri(ctx["tracking_uri"])
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
                               parent_run_id=ctx["parent_run_id"]):
-            mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg, len(s.fit))})
+            mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg, len(s.fit)),
+                               **(extra_params or {})})
             mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
                              "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
+            yield cfg, table, s
+
+    def trial(self, config: dict) -> None:
+        """One Ray Tune trial: fit the point on the fit rows, report ``val_loss`` (MSE of popularity / 100 on
+        the validation rows, the metric every family's trials are compared on) once."""
+        import mlflow
+        from ray import tune
+
+        from hitmodels.data import feature_columns
+        from hitmodels.evaluate import regression_metrics
+
+        with self.trial_run(config) as (cfg, table, s):
             fitted = self.fit(s.fit, s.val, s.fit.iloc[:0], feature_columns(table), cfg)
             m = regression_metrics(s.val["popularity"].to_numpy(float),
                                    fitted.predict(s.val)["popularity"].to_numpy(float))

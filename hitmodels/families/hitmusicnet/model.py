@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hitmodels.predict import Preprocessor, RowModel
+from hitmodels.predict import MetaRowModel, Preprocessor
 
 from .network import ARCH_VERSION, HitMusicNet
 
@@ -65,7 +65,7 @@ def load_bundle(directory: Path) -> tuple[HitMusicNet, Preprocessor, ModelMeta]:
     return net, Preprocessor.from_json((directory / "preprocess.json").read_text()), meta
 
 
-class HitMusicPyfunc(RowModel):
+class HitMusicPyfunc(MetaRowModel):
     """HitMusicNet behind :class:`~hitmodels.predict.RowModel`: one encoder pass feeds both heads (the
     encoder is most of the model's arithmetic). ``precision="bf16"`` runs the layers in bfloat16 (about 3x
     faster on CPUs with AVX512-BF16 or AMX; popularity moves by ~0.3 points on average and up to ~2),
@@ -75,17 +75,8 @@ class HitMusicPyfunc(RowModel):
     precisions = ("fp32", "bf16")
 
     def __init__(self, net: HitMusicNet, pre: Preprocessor, meta: ModelMeta):
-        self.net, self.meta = net, meta
-        super().__init__(pre, meta.thresholds, meta.conformal, meta.config)
-
-    # the calibration lives in the meta, which is what the bundle saves
-    @property
-    def conformal(self) -> dict | None:
-        return self.meta.conformal
-
-    @conformal.setter
-    def conformal(self, value: dict | None) -> None:
-        self.meta.conformal = value
+        self.net = net
+        super().__init__(pre, meta)
 
     @property
     def has_classes(self) -> bool:

@@ -120,21 +120,10 @@ class SiameseFamily(Family):
         import mlflow
         from ray import tune
 
-        from hitmodels.data import feature_columns, training_rows
-        from hitmodels.train import dataset_fingerprint, git_commit, split_rows
+        from hitmodels.data import feature_columns
 
-        ctx = config["context"]
-        cfg = self.configure(config, TrainConfig(**ctx["base"]))
-        table = self.prepare(training_rows(pd.read_parquet(ctx["table"])), cfg)
-        s = split_rows(table, cfg)
-        mlflow.set_tracking_uri(ctx["tracking_uri"])
-        with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
-                              parent_run_id=ctx["parent_run_id"]):
-            mlflow.log_params({"family": self.name, "config": cfg.name, "max_epochs": cfg.params["epochs"],
-                               **self.params(cfg, len(s.fit))})
-            mlflow.set_tags({"model_family": self.name, "tune_trial": tune.get_context().get_trial_name(),
-                             "dataset_fingerprint": dataset_fingerprint(table), "git_commit": git_commit()})
-
+        cfg0 = self.configure(config, TrainConfig(**config["context"]["base"]))
+        with self.trial_run(config, {"max_epochs": cfg0.params["epochs"]}) as (cfg, table, s):
             kept = {"objective": float("inf")}
 
             def report(stage: str, epoch: int, entry: dict) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from hitmodels.config import MelConfig
 from hitmodels.melstore import MEL_COLUMN, decode
-from hitmodels.predict import Preprocessor, RowModel
+from hitmodels.predict import MetaRowModel, Preprocessor
 
 from .network import ARCH_VERSION, SiameseNet
 
@@ -72,20 +72,12 @@ def mel_array(rows: pd.DataFrame, cfg: MelConfig) -> np.ndarray:
     return out
 
 
-class SiameseModel(RowModel):
+class SiameseModel(MetaRowModel):
     family = "siamese"
 
     def __init__(self, nets: nn.ModuleList, pre: Preprocessor, meta: SiameseMeta):
-        self.nets, self.meta = nets, meta
-        super().__init__(pre, meta.thresholds, meta.conformal, meta.config)
-
-    @property
-    def conformal(self) -> dict | None:
-        return self.meta.conformal
-
-    @conformal.setter
-    def conformal(self, value: dict | None) -> None:
-        self.meta.conformal = value
+        self.nets = nets
+        super().__init__(pre, meta)
 
     @property
     def mel_config(self) -> MelConfig:

@@ -22,7 +22,7 @@ import numpy as np
 
 from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
-from hitmodels.predict import Preprocessor, RowModel
+from hitmodels.predict import MetaRowModel, Preprocessor
 
 # epochs and patience: --epochs and --patience (TrainConfig.mlp_epochs, .patience) unless --param sets them
 DEFAULTS = {"sampling": "ab", "w": 0.5, "margin": 0.05, "lr": 1e-3, "epochs": TrainConfig.mlp_epochs,
@@ -85,20 +85,12 @@ class Meta:
         return nn.ModuleList(build_net(self.d, self.delta, self.dropout) for _ in self.fusion)
 
 
-class SiameseRowModel(RowModel):
+class SiameseRowModel(MetaRowModel):
     family = "siamese-hitmusicnet"
 
     def __init__(self, nets, pre: Preprocessor, meta: Meta):
-        self.nets, self.meta = nets, meta
-        super().__init__(pre, meta.thresholds, meta.conformal, meta.config)
-
-    @property
-    def conformal(self) -> dict | None:
-        return self.meta.conformal
-
-    @conformal.setter
-    def conformal(self, value: dict | None) -> None:
-        self.meta.conformal = value
+        self.nets = nets
+        super().__init__(pre, meta)
 
     @property
     def has_classes(self) -> bool:
