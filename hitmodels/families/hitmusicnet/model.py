@@ -4,18 +4,18 @@ architecture and calibration as JSON, the preprocessing as JSON. No pickles."""
 from __future__ import annotations
 
 import contextlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hitmodels import torch_bundle
 from hitmodels.predict import MetaRowModel, Preprocessor
 
 from .network import ARCH_VERSION, HitMusicNet
 
-FILES = ("weights.pt", "arch.json", "preprocess.json")
+FILES = torch_bundle.FILES
 
 
 @dataclass
@@ -44,25 +44,12 @@ class ModelMeta:
 
 def save_bundle(directory: Path, net: HitMusicNet, pre: Preprocessor, meta: ModelMeta) -> list[str]:
     """Write weights, architecture/calibration and preprocessing into ``directory``; returns the file names."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), directory / "weights.pt")
-    (directory / "arch.json").write_text(json.dumps(asdict(meta)))
-    (directory / "preprocess.json").write_text(pre.to_json())
-    return list(FILES)
+    return torch_bundle.save(directory, net, pre, meta)
 
 
 def load_bundle(directory: Path) -> tuple[HitMusicNet, Preprocessor, ModelMeta]:
     """Read what :func:`save_bundle` wrote."""
-    directory = Path(directory)
-    raw = json.loads((directory / "arch.json").read_text())
-    if raw.get("arch_version") != ARCH_VERSION:
-        raise ValueError(f"model saved with architecture version {raw.get('arch_version', 1)}, this code "
-                         f"reads version {ARCH_VERSION}: retrain it with this version")
-    meta = ModelMeta(**raw)
-    net = meta.build()
-    net.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-    net.eval()
-    return net, Preprocessor.from_json((directory / "preprocess.json").read_text()), meta
+    return torch_bundle.load(directory, ModelMeta, ARCH_VERSION)
 
 
 class HitMusicPyfunc(MetaRowModel):

@@ -10,7 +10,6 @@ when the tag branch is on (missing values imputed with the training medians). Ou
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,11 +20,12 @@ from torch import nn
 
 from hitmodels.config import MelConfig
 from hitmodels.melstore import MEL_COLUMN, decode
+from hitmodels import torch_bundle
 from hitmodels.predict import MetaRowModel, Preprocessor
 
 from .network import ARCH_VERSION, SiameseNet
 
-FILES = ("weights.pt", "arch.json", "preprocess.json")
+FILES = torch_bundle.FILES
 
 
 @dataclass
@@ -135,21 +135,9 @@ class SiameseModel(MetaRowModel):
 
 
 def save_bundle(directory: Path, model: SiameseModel) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.nets.state_dict(), directory / "weights.pt")
-    (directory / "arch.json").write_text(json.dumps(asdict(model.meta)))
-    (directory / "preprocess.json").write_text(model.pre.to_json())
-    return list(FILES)
+    return torch_bundle.save(directory, model.nets, model.pre, model.meta)
 
 
 def load_bundle(directory: Path) -> SiameseModel:
-    directory = Path(directory)
-    raw = json.loads((directory / "arch.json").read_text())
-    if raw.get("arch_version") != ARCH_VERSION:
-        raise ValueError(f"siamese model of architecture version {raw.get('arch_version')}, this code reads "
-                         f"version {ARCH_VERSION}: retrain it with this version")
-    meta = SiameseMeta(**raw)
-    nets = meta.build()
-    nets.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-    nets.eval()
-    return SiameseModel(nets, Preprocessor.from_json((directory / "preprocess.json").read_text()), meta)
+    nets, pre, meta = torch_bundle.load(directory, SiameseMeta, ARCH_VERSION, "siamese model")
+    return SiameseModel(nets, pre, meta)

@@ -12,10 +12,9 @@ the Lasso and the trees, on the same metric (test MAE).
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ DEFAULTS = {"sampling": "ab", "w": 0.5, "margin": 0.05, "lr": 1e-3, "epochs": Tr
 
 def settings(cfg: TrainConfig) -> dict:
     return {**DEFAULTS, "epochs": cfg.mlp_epochs, "patience": cfg.patience, **cfg.params}
-FILES = ("weights.pt", "arch.json", "preprocess.json")
+FILES = ("weights.pt", "arch.json", "preprocess.json")  # hitmodels.torch_bundle's
 SAMPLINGS = ("none", "naive", "ab", "artist", "ab+artist")
 ARCH_VERSION = 1
 
@@ -190,28 +189,14 @@ class SiameseHitMusicNetFamily(Family):
         return model.nets
 
     def save(self, model: SiameseRowModel, directory: Path) -> list[str]:
-        import torch
+        from hitmodels import torch_bundle
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(model.nets.state_dict(), directory / "weights.pt")
-        (directory / "arch.json").write_text(json.dumps(asdict(model.meta)))
-        (directory / "preprocess.json").write_text(model.pre.to_json())
-        return list(FILES)
+        return torch_bundle.save(directory, model.nets, model.pre, model.meta)
 
     def load(self, directory: Path) -> SiameseRowModel:
-        import torch
+        from hitmodels import torch_bundle
 
-        directory = Path(directory)
-        raw = json.loads((directory / "arch.json").read_text())
-        if raw.get("arch_version") != ARCH_VERSION:
-            raise ValueError(f"siamese-hitmusicnet model of architecture version {raw.get('arch_version')}, this "
-                             f"code reads version {ARCH_VERSION}: retrain it with this version")
-        meta = Meta(**raw)
-        nets = meta.build()
-        nets.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-        nets.eval()
-        return SiameseRowModel(nets, Preprocessor.from_json((directory / "preprocess.json").read_text()), meta)
+        return SiameseRowModel(*torch_bundle.load(directory, Meta, ARCH_VERSION, "siamese-hitmusicnet model"))
 
     def params(self, cfg: TrainConfig, n_fit: int | None = None) -> dict:
         return {f"params.{k}": v for k, v in settings(cfg).items()}
