@@ -38,8 +38,11 @@ def pipeline(tmp_path_factory, tiny_catalogue, ray_local, mlflow_uri, serve_port
     url = deploy(ServeSettings(model_name=result.model_name, tracking_uri=mlflow_uri), port=serve_port,
                  app_name="e2e", route_prefix="/e2e")
     score.run(table_path, work / "scores", result.model_name, CHAMPION, mlflow_uri)
-    return {"counts": counts, "table": pd.read_parquet(table_path), "result": result, "url": url,
-            "scores": score.read_scores(work / "scores"), "manifest": work / "manifest.parquet"}
+    yield {"counts": counts, "table": pd.read_parquet(table_path), "result": result, "url": url,
+           "scores": score.read_scores(work / "scores"), "manifest": work / "manifest.parquet"}
+    from ray import serve
+
+    serve.delete("e2e")  # its replica holds half a CPU of the 2-CPU test cluster: later modules need it
 
 
 def test_extract_keeps_every_row_and_names_the_bad_one(pipeline):

@@ -41,7 +41,10 @@ def app(registry, serve_port):
     settings = ServeSettings(model_name=MODEL, tracking_uri=registry["uri"], poll_interval_s=1.0, max_rows=8,
                              max_upload_mb=1.0, max_body_mb=0.5, max_lyric_lines=500)
     url = deploy(settings, port=serve_port, app_name="serve-test", route_prefix="/serve-test")
-    return {"url": url, "versions": versions, **registry}
+    yield {"url": url, "versions": versions, **registry}
+    from ray import serve
+
+    serve.delete("serve-test")  # its replica holds half a CPU of the 2-CPU test cluster: later modules need it
 
 
 def good_row(url: str) -> dict:
