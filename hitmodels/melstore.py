@@ -17,6 +17,7 @@ and holds them as float16 (half of float32's memory).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -183,13 +184,25 @@ class MelStore:
         return out, found
 
 
-def attach(table: pd.DataFrame, store: str | Path, segment: str) -> pd.DataFrame:
+# Training holds the segments of the tracks it fits in memory, as float16, about three copies at the peak (the
+# array read, the rows' bytes, the fit's array); past this many bytes of segments it refuses, before reading.
+MAX_ATTACH_GB = float(os.environ.get("HITMUSIC_MAX_MEL_GB", "12"))
+
+
+def attach(table: pd.DataFrame, store: str | Path, segment: str, max_gb: float | None = None) -> pd.DataFrame:
     """``table`` with :data:`MEL_COLUMN` holding each track's ``segment`` from ``store``; tracks without one (not
     in the store, or with an error there) are dropped, with a count on stderr. ``attrs["mel_config"]`` records
-    the store's settings."""
+    the store's settings. More than ``max_gb`` (default ``$HITMUSIC_MAX_MEL_GB`` or 12) GB of segments is
+    refused with the count and the bound (100,000 30 s segments are 8.3 GB)."""
     import sys
 
     st = MelStore(store)
+    limit = MAX_ATTACH_GB if max_gb is None else max_gb
+    need = len(table) * st.config.n_mels * st.config.n_frames * 2 / 1e9
+    if need > limit:
+        raise ValueError(f"{len(table)} tracks' {segment} segments are {need:.1f} GB of float16, over the "
+                         f"{limit:g} GB training holds in memory: train on a sample (hitmusic evaluate --max-rows) or "
+                         "raise HITMUSIC_MAX_MEL_GB on a machine with the memory for it")
     arr, found = st.load(table["track_id"].astype(str).tolist(), segment)
     out = table[found].reset_index(drop=True).copy()
     out[MEL_COLUMN] = [encode(a) for a in arr[found]]

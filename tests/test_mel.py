@@ -129,3 +129,5 @@ def test_mel_store_on_s3(ray_local, s3_endpoint, tmp_path, tiny_catalogue):
     table = good.assign(popularity=50.0)
     joined = melstore.attach(table, "s3://mels/store", "hl30")
     assert len(joined) == 4 and melstore.decode(joined["mel"].iloc[0]).shape == (128, 323)
+    with pytest.raises(ValueError, match="4 tracks' hl30 segments are 0.0 GB of float16, over the 1e-06 GB"):
+        melstore.attach(table, "s3://mels/store", "hl30", max_gb=1e-6)
