@@ -38,14 +38,17 @@ from tables import random_table  # noqa: E402
 JSON = {"Content-Type": "application/json"}
 
 
-async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> tuple[np.ndarray, int]:
-    """Fire requests at ``rate`` per second for ``seconds``; returns latencies (s) and the error count."""
+async def open_loop(url: str, body: bytes | None, rate: float, seconds: float,
+                    request: dict | None = None) -> tuple[np.ndarray, int]:
+    """Fire requests at ``rate`` per second for ``seconds``; returns latencies (s) and the error count.
+    Each is a POST of JSON ``body``, or of ``request`` (httpx's keyword arguments, e.g. ``files``)."""
     latencies, errors = [], 0
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=512)) as client:
+    request = request or {"content": body, "headers": JSON}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=512)) as client:
         async def one():
             nonlocal errors
             t0 = time.perf_counter()
-            r = await client.post(url, content=body, headers=JSON)
+            r = await client.post(url, **request)
             if r.status_code == 200:
                 latencies.append(time.perf_counter() - t0)
             else:

@@ -19,7 +19,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -27,35 +26,15 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hitmodels.config import ServeSettings, ServiceConfig, SynthConfig, TrainConfig  # noqa: E402
 from hitmodels.services import ensure_ray_token, free_port, serve_runtime_env, start_mlflow, stop_process  # noqa: E402
+from bench_online import open_loop  # noqa: E402
 from tables import random_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HITMUSIC_SHARED", REPO.parent / "shared"))
-
-
-async def open_loop(url: str, data: bytes, name: str, rate: float, seconds: float) -> tuple[np.ndarray, int]:
-    latencies, errors = [], 0
-    async with httpx.AsyncClient(timeout=60) as client:
-        async def one():
-            nonlocal errors
-            t0 = time.perf_counter()
-            r = await client.post(url, files={"file": (name, data)})
-            if r.status_code == 200:
-                latencies.append(time.perf_counter() - t0)
-            else:
-                errors += 1
-
-        tasks, start = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    return np.array(latencies), errors
 
 
 def main() -> int:
@@ -115,7 +94,8 @@ def main() -> int:
         res = {}
         for rate in args.rates:
             for name, url in urls.items():
-                lat, errors = asyncio.run(open_loop(f"{url}/predict/audio", data, clip.name, rate, args.seconds))
+                lat, errors = asyncio.run(open_loop(f"{url}/predict/audio", None, rate, args.seconds,
+                                                    {"files": {"file": (clip.name, data)}}))
                 p50, p99 = np.percentile(lat, [50, 99]) * 1000 if len(lat) else (float("nan"),) * 2
                 res[(name, rate)] = (p50, p99)
                 print(f"{name:8s} {rate:4.1f} req/s: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  errors {errors}", flush=True)

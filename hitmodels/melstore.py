@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from . import audio
 from .config import FeatureConfig, InputPolicy, MelConfig
-from .mel import SEGMENTS, segments
+from .mel import FLOOR_DB, SEGMENTS, segments
 from .storage import exists, filesystem, parquet_files
 
 # The column of model rows that carries a track's segment (float16 bytes of :func:`encode`), for the models on
@@ -57,6 +57,11 @@ def decode(data: bytes, cfg: MelConfig = MelConfig()) -> np.ndarray:
 def audio_config(cfg: MelConfig) -> FeatureConfig:
     """The decoding settings of the segments: resampled to ``cfg.sr``, with the same usability checks."""
     return FeatureConfig(sr=cfg.sr, min_duration_s=cfg.min_duration_s, silence_rms=cfg.silence_rms)
+
+
+def segment_bytes(y: np.ndarray, sr: int, cfg: MelConfig, segment: str) -> bytes:
+    """One segment of decoded audio as the store keeps it (what a model on log-mel input is fed)."""
+    return encode(segments(y, sr, cfg)[segment][0])
 
 
 def segment_row(y: np.ndarray, sr: int, cfg: MelConfig = MelConfig()) -> dict:
@@ -163,7 +168,7 @@ class MelStore:
         ids = [str(t) for t in track_ids]
         where = {t: i for i, t in enumerate(ids)}
         cfg = self.config
-        out = np.full((len(ids), cfg.n_mels, cfg.n_frames), -100.0, dtype=np.float16)
+        out = np.full((len(ids), cfg.n_mels, cfg.n_frames), FLOOR_DB, dtype=np.float16)
         found = np.zeros(len(ids), dtype=bool)
         columns = ["track_id", "error", "mid30"] + (["hl30"] if segment == "hl30" else [])
         for f in self.files:
@@ -174,11 +179,12 @@ class MelStore:
                     if not any(x in where for x in t):
                         continue
                     part = pf.read_row_group(g, columns=columns).to_pydict()
+                    hl = part.get("hl30") or [None] * len(t)  # hl30 null: the same segment as mid30
                     for k, tid in enumerate(part["track_id"]):
                         i = where.get(tid)
                         if i is None or found[i] or part["error"][k] is not None:
                             continue
-                        data = part.get("hl30", [None] * len(t))[k] or part["mid30"][k]
+                        data = hl[k] or part["mid30"][k]
                         out[i] = decode(data, cfg)
                         found[i] = True
         return out, found

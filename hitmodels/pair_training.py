@@ -16,7 +16,6 @@ import sys
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -30,12 +29,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
     return float(stats.spearmanr(a, b).statistic)
-
-
-def artist_labels(rows: pd.DataFrame) -> np.ndarray:
-    """Each row's artist (a row without one is an artist of its own, so it joins no artist pair)."""
-    a = rows["artist_id"] if "artist_id" in rows else pd.Series([None] * len(rows), index=rows.index)
-    return a.astype(object).where(a.notna(), "track:" + rows["track_id"].astype(str)).to_numpy()
 
 
 def fusion_weight(a: np.ndarray, b: np.ndarray, truth: np.ndarray, w: float, margin: float) -> float:

@@ -80,6 +80,29 @@ def sample_pairs(kind: str, y: np.ndarray, artists, rng: np.random.Generator, me
     raise ValueError(f"unknown pair sampling {kind!r}; choose from {', '.join(SAMPLERS)}")
 
 
+def score_quantiles(scores: np.ndarray, n: int = 1001) -> list[float]:
+    """At most ``n`` quantiles of the training tracks' hit scores, sorted: what a bundle keeps to place a new
+    score among them (:func:`percentile`)."""
+    scores = np.asarray(scores, float)
+    return np.quantile(scores, np.linspace(0, 1, min(n, len(scores)))).tolist() if len(scores) else []
+
+
+def percentile(scores: np.ndarray, quantiles: list[float]) -> np.ndarray:
+    """Percentile (0-100) of each score among the training scores summarised by :func:`score_quantiles`
+    (NaN when there are none)."""
+    ref = np.asarray(quantiles, float)
+    if len(ref) == 0:
+        return np.full(len(scores), np.nan)
+    return 100.0 * np.searchsorted(ref, np.asarray(scores, float), side="right") / len(ref)
+
+
+def describe_objective(p: dict) -> str:
+    """The training objective of a Siamese family's settings, for a version's description."""
+    if p["sampling"] == "none":
+        return "rating only (MSE)"
+    return f"{p['sampling']} pairs, (1 - {p['w']}) MSE + {p['w']} hinge (margin {p['margin']})"
+
+
 def siamese_loss(s_i, s_j, y_i, y_j, w: float, margin: float):
     """Eq. 1-3 on torch tensors ``(n_pairs,)``: ``(1 - w) MSE + w hinge``; pairs of equal truth add no
     ranking term."""

@@ -220,7 +220,7 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
     else:
         # pandas reads Arrow's nulls as NaN in text columns and None in binary ones
         errors = [f"mel store: {e}" if isinstance(e, str) and e else None for e in df["error"]]
-        hl = df["hl30"] if segment == "hl30" else pd.Series([None] * len(df))
+        hl = df["hl30"] if "hl30" in df else pd.Series([None] * len(df))
         segments = [h if isinstance(h, bytes) else m for h, m in zip(hl, df["mid30"])]
     frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
     tags = [c for c in model.columns[1:] if c in df]
@@ -409,7 +409,9 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
                              f"{ref.uri} was trained on ({model.mel_config})")
         if not store.files:
             raise ValueError(f"the mel store {table} holds no segments yet")
-        source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs)
+        # only the segment the model takes (hl30 is null where it is mid30's): half a store's bytes for mid30
+        columns = ["track_id", "error", "mid30"] + (["hl30"] if model.segment == "hl30" else [])
+        source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns)
     elif "audio_uri" in have:
         fs, path = filesystem(table)
         source = "audio"

@@ -252,8 +252,7 @@ def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segm
         audio.check_usable(y, sr, melstore.audio_config(cfg), name=name)
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    row = melstore.segment_row(y, sr, cfg)
-    return row[segment] or row["mid30"]
+    return melstore.segment_bytes(y, sr, cfg, segment)
 
 
 def short_reason(exc: Exception) -> str:
@@ -493,7 +492,6 @@ class HitMusicService:
         validate_rows([given], [c for c in columns if c in given], 1)
         return await self._answer(Rows(np.array([[full[c] for c in columns]], dtype=np.float64),
                                        [track_id or None]), served)
-
 
     async def _answer_mel(self, served: Served, data: bytes, name: str, meta: dict, track_id: str) -> Response:
         """``/predict/audio`` for a model on log-mel segments: the segment it was trained on, computed as

@@ -103,13 +103,6 @@ class SiameseFamily(Family):
         pick = tune.grid_search if search == "grid" else tune.choice
         return {k: pick(v) for k, v in grid.items()}
 
-    def configure(self, trial: dict, base: TrainConfig) -> TrainConfig:
-        from dataclasses import replace
-
-        cfg = super().configure(trial, base)
-        # Tune's --epochs is every family's epoch budget
-        return replace(cfg, params={"epochs": base.mlp_epochs, **cfg.params})
-
     def trial(self, config: dict) -> None:
         """One Ray Tune trial: the point fitted on the fit rows; after every epoch it reports ``val_spearman``
         and ``val_loss`` (MSE) on the validation rows of the epoch early stopping would keep so far (and
@@ -122,8 +115,9 @@ class SiameseFamily(Family):
 
         from hitmodels.data import feature_columns
 
-        cfg0 = self.configure(config, TrainConfig(**config["context"]["base"]))
-        with self.trial_run(config, {"max_epochs": cfg0.params["epochs"]}) as (cfg, table, s):
+        # Tune's --epochs is every family's epoch budget (TrainConfig.mlp_epochs, which settings() reads)
+        epochs = settings(self.configure(config, TrainConfig(**config["context"]["base"])))["epochs"]
+        with self.trial_run(config, {"max_epochs": epochs}) as (cfg, table, s):
             kept = {"objective": float("inf")}
 
             def report(stage: str, epoch: int, entry: dict) -> None:
@@ -159,11 +153,11 @@ class SiameseFamily(Family):
         return {f"params.{k}": v for k, v in settings(cfg).items()}
 
     def describe(self, cfg: TrainConfig) -> str:
+        from hitmodels.ranking import describe_objective
+
         p = settings(cfg)
-        objective = "rating only (MSE)" if p["sampling"] == "none" else \
-            f"{p['sampling']} pairs, (1 - {p['w']}) MSE + {p['w']} hinge (margin {p['margin']})"
         tags = f", tag branch mu {p['mu']}" if p["mu"] > 0 else ""
-        return f"{self.label} on {p['segment']} log-mel segments, {objective}{tags}"
+        return f"{self.label} on {p['segment']} log-mel segments, {describe_objective(p)}{tags}"
 
 
 FAMILY = SiameseFamily()

@@ -20,7 +20,9 @@ from hitmodels.config import MelConfig, TrainConfig
 from hitmodels.devices import resolve_device, shard_rows, torch_threads
 from hitmodels.families.base import Fitted
 from hitmodels.predict import Preprocessor, class_thresholds
-from hitmodels.pair_training import artist_labels, fusion_weight, train_pairs
+from hitmodels.train import artist_groups
+from hitmodels.pair_training import fusion_weight, train_pairs
+from hitmodels.ranking import score_quantiles
 
 from .model import SiameseMeta, SiameseModel, mel_array
 from .network import SiameseNet
@@ -100,7 +102,7 @@ def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.D
     val_tags = pre.transform(val_rows) if tag_cols else None
     y = fit_rows["popularity"].to_numpy(float) / 100.0
     val_y = val_rows["popularity"].to_numpy(float) / 100.0
-    artists = artist_labels(fit_rows)
+    artists = artist_groups(fit_rows)
     dev = parallel.device if parallel is not None else resolve_device(cfg.device)
     kinds = ["ab", "artist"] if sampling == "ab+artist" else [sampling]
     nets, history = [], {}
@@ -122,7 +124,7 @@ def fit_siamese(fit_rows: pd.DataFrame, val_rows: pd.DataFrame, calib_rows: pd.D
                        mel_config=fit_rows.attrs.get("mel_config") or {}, config=cfg.name)
     model = SiameseModel(torch.nn.ModuleList(nets), pre, meta)
     train_scores = model.hit_scores(mels, tags)
-    meta.train_scores = np.quantile(train_scores, np.linspace(0, 1, min(1001, len(train_scores)))).tolist()
+    meta.train_scores = score_quantiles(train_scores)
     model.calibrate(calib_rows, cfg.coverage)
     shard = shard_rows(len(y), parallel.rank, parallel.world_size, int(p["seed"])) if parallel is not None else None
     return Fitted(model, history, time.perf_counter() - start, shard)

@@ -22,6 +22,7 @@ from hitmodels.config import MelConfig
 from hitmodels.melstore import MEL_COLUMN, decode
 from hitmodels import torch_bundle
 from hitmodels.predict import MetaRowModel, Preprocessor
+from hitmodels.ranking import percentile
 
 from .network import ARCH_VERSION, SiameseNet
 
@@ -115,10 +116,7 @@ class SiameseModel(MetaRowModel):
 
     def percentile(self, scores: np.ndarray) -> np.ndarray:
         """Percentile (0-100) of each score among the training tracks' scores."""
-        ref = np.asarray(self.meta.train_scores, float)
-        if len(ref) == 0:
-            return np.full(len(scores), np.nan)
-        return 100.0 * np.searchsorted(ref, scores, side="right") / len(ref)
+        return percentile(scores, self.meta.train_scores)
 
     def tag_matrix(self, rows: pd.DataFrame) -> np.ndarray | None:
         return self.pre.transform(rows) if self.pre.columns else None

@@ -112,9 +112,10 @@ class SiameseRowModel(MetaRowModel):
 
     def predict_array(self, X, scaled=False, chunk_rows=2048, precision="fp32"):
         out = super().predict_array(X, scaled, chunk_rows, precision)
-        ref = np.asarray(self.meta.train_scores, float)
+        from hitmodels.ranking import percentile
+
         # the clipped popularity is 100 x the hit score (a sigmoid's, always within 0-100)
-        out["percentile"] = 100.0 * np.searchsorted(ref, out["popularity"] / 100.0, side="right") / max(1, len(ref))
+        out["percentile"] = percentile(out["popularity"] / 100.0, self.meta.train_scores)
         return out
 
 
@@ -144,7 +145,9 @@ class SiameseHitMusicNetFamily(Family):
         import torch
 
         from hitmodels.devices import resolve_device, torch_threads
-        from hitmodels.pair_training import artist_labels, fusion_weight, train_pairs
+        from hitmodels.pair_training import fusion_weight, train_pairs
+        from hitmodels.ranking import score_quantiles
+        from hitmodels.train import artist_groups
         from hitmodels.predict import class_thresholds
 
         start = time.perf_counter()
@@ -154,7 +157,7 @@ class SiameseHitMusicNetFamily(Family):
         Xv = torch.from_numpy(pre.transform(val_rows))
         y = fit_rows["popularity"].to_numpy(float) / 100.0
         val_y = val_rows["popularity"].to_numpy(float) / 100.0
-        artists = artist_labels(fit_rows)
+        artists = artist_groups(fit_rows)
         dev = resolve_device(cfg.device)
         kinds = ["ab", "artist"] if p["sampling"] == "ab+artist" else [p["sampling"]]
         nets, history = [], {}
@@ -181,7 +184,7 @@ class SiameseHitMusicNetFamily(Family):
                     thresholds=list(class_thresholds(cfg.class_scheme, y * 100)), config=cfg.name)
         model = SiameseRowModel(torch.nn.ModuleList(nets), pre, meta)
         train_scores = model.predict_array(X.numpy(), scaled=True)["popularity"] / 100.0
-        meta.train_scores = np.quantile(train_scores, np.linspace(0, 1, min(1001, len(train_scores)))).tolist()
+        meta.train_scores = score_quantiles(train_scores)
         model.calibrate(calib_rows, cfg.coverage)
         return Fitted(model, history, time.perf_counter() - start)
 
@@ -202,10 +205,10 @@ class SiameseHitMusicNetFamily(Family):
         return {f"params.{k}": v for k, v in settings(cfg).items()}
 
     def describe(self, cfg: TrainConfig) -> str:
+        from hitmodels.ranking import describe_objective
+
         p = settings(cfg)
-        objective = "rating only (MSE)" if p["sampling"] == "none" else \
-            f"{p['sampling']} pairs, (1 - {p['w']}) MSE + {p['w']} hinge (margin {p['margin']})"
-        return f"{self.label}, code δ {p['delta']}, {objective}"
+        return f"{self.label}, code δ {p['delta']}, {describe_objective(p)}"
 
     def space(self, search: str) -> dict:
         from ray import tune
