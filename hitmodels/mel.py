@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import audio
 from .config import MelConfig
 
 SEGMENTS = ("mid30", "hl30")
@@ -34,6 +33,8 @@ def log_mel(y: np.ndarray, sr: int, cfg: MelConfig = MelConfig()) -> np.ndarray:
     (must be ``cfg.sr``): ``librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=4096,
     hop_length=2048, window="hamming", n_mels=128, fmin=0), ref=1, amin=1e-10, top_db=None)``, computed in
     single precision with the project's banded filter product."""
+    from . import audio  # librosa underneath: loaded by what analyses audio, not by what only reads segments
+
     if sr != cfg.sr:
         raise ValueError(f"log-mel segments are analysed at {cfg.sr} Hz, got audio at {sr} Hz")
     S = audio.stft_magnitude(audio.frame(np.asarray(y, np.float32), cfg.n_fft, cfg.hop_length), cfg.window)

@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from . import audio
 from .config import FeatureConfig, InputPolicy, MelConfig
 from .mel import FLOOR_DB, SEGMENTS, segments
 from .storage import exists, filesystem, parquet_files
@@ -75,6 +74,8 @@ def segment_row(y: np.ndarray, sr: int, cfg: MelConfig = MelConfig()) -> dict:
 def mel_row(track_id: str, audio_uri: str, cfg: MelConfig = MelConfig(), policy: InputPolicy | None = None) -> dict:
     """One store row; never raises on bad input: the row's ``error`` names the reason (the same reasons as
     feature extraction: missing, refused, too_large, undecodable, too_short, silent, ...)."""
+    from . import audio  # librosa underneath: only the writers of segments need it
+
     row = {"track_id": str(track_id), "error": None}
     try:
         y, sr = audio.load(audio_uri if isinstance(audio_uri, str) else "", audio_config(cfg), policy)
