@@ -56,7 +56,7 @@ def epoch_pairs(sampling: str, y: np.ndarray, artists: np.ndarray, rng: np.rando
 def train_pairs(net: nn.Module, inputs: Callable[[np.ndarray], tuple], val_scores: Callable[[nn.Module], np.ndarray],
                 y: np.ndarray, artists: np.ndarray, val_y: np.ndarray, p: dict, sampling: str, dev,
                 log: bool = False, on_epoch: Callable | None = None, stage: str = "pairs",
-                sample: Callable = epoch_pairs, parallel: Parallel | None = None) -> tuple[nn.Module, list[dict]]:
+                parallel: Parallel | None = None) -> tuple[nn.Module, list[dict]]:
     """Fit ``net`` (already on ``dev``) on the fit rows' targets ``y`` (popularity / 100); ``inputs(positions)``
     gives the network's input tensors for those rows, ``val_scores(net)`` its scores of the validation rows.
     Settings from ``p``: lr, weight_decay, w, margin, batch_pairs, epochs, patience, seed. Returns the network
@@ -82,7 +82,7 @@ def train_pairs(net: nn.Module, inputs: Callable[[np.ndarray], tuple], val_score
     best, best_state, since, history = np.inf, copy.deepcopy(core.state_dict()), 0, []
     for epoch in range(int(p["epochs"])):
         model.train()
-        pairs = shard[sample(sampling, y[shard], artists[shard], rng, mean)]
+        pairs = shard[epoch_pairs(sampling, y[shard], artists[shard], rng, mean)]
         n_steps = -(-len(pairs) // batch)
         if par.world_size > 1:
             n_steps = int(min(par.gather(float(n_steps))))

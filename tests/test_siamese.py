@@ -408,3 +408,36 @@ def test_siamese_retraining_on_two_workers_is_data_parallel(siamese_table, ray_l
         assert ray_retrain.weights_checksum(model.nets) == m["ranks"][0]["weights_checksum"]
         reg = register_bundle(Path(bundle), pd.read_parquet(path), cfg, mlflow_uri, tags={"train_workers": "2"})
     assert reg.family == "siamese" and np.isfinite(reg.metrics["test_mae"])
+
+
+def test_evaluate_family_variants_over_folds_of_8_1_1(tmp_path, capsys):
+    """hitmusic evaluate --family: every variant on the same k folds, each row a test row exactly once, the
+    report and --json shaped as documented (models.<variant>.test.<metric>)."""
+    import json
+
+    from hitmodels.config import TrainConfig as TC
+    from hitmodels.variants import fold_parts
+    from pipelines import evaluate
+
+    rng = np.random.default_rng(4)
+    n = 90
+    table = pd.DataFrame(rng.uniform(0, 1, (n, 6)), columns=[f"f{i}" for i in range(6)])
+    table["popularity"] = np.clip(90 * table["f0"] + rng.normal(0, 3, n), 0, 100)
+    table["track_id"], table["artist_id"], table["error"] = [f"t{i}" for i in range(n)], [f"a{i % 30}" for i in range(n)], None
+    path = tmp_path / "t.parquet"
+    table.to_parquet(path)
+    parts = fold_parts(table, 3, TC())
+    assert sorted(np.bincount(parts)) == [30, 30, 30]  # every row in exactly one part
+    assert evaluate.main([str(path), "--family", "siamese-hitmusicnet", "--folds", "3", "--variants", "rating-only,ab",
+                          "--epochs", "5", "--json", "--no-mlflow", "--out", str(tmp_path / "report")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["family"] == "siamese-hitmusicnet" and doc["folds"] == 3 and doc["n_rows"] == n
+    assert set(doc["models"]) == {"rating-only", "ab"}
+    for m in doc["models"].values():
+        assert {"ndcg_top10", "kendall_top10", "spearman_top10", "mae", "spearman"} <= set(m["test"])
+        assert 0 < m["test"]["mae"] < 0.5
+    folds = json.loads((tmp_path / "report" / "variants.json").read_text())
+    assert [len(v) for v in folds.values()] == [3, 3]
+    assert "| rating-only |" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(ValueError, match="go with --family"):
+        evaluate.main([str(path), "--tags"])
