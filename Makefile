@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# the tagger's weights (hitmodels/tagger.py); its own dependency pins (TensorFlow 1.x era) are not ours
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt musicnn
 	bash cluster/install-haproxy.sh
 	touch $(STAMP)
 
