@@ -138,10 +138,22 @@ def decode(data: bytes, sr: int | None = None, name: str = "audio",
     if n > limit:  # a stream that did not say its length up front
         raise AudioError("too_long", f"{name} lasts more than the {max_duration_s:.0f} s allowed")
     y = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-    if sr is not None and sr != native_sr:
-        y = librosa.resample(y, orig_sr=native_sr, target_sr=sr, res_type="soxr_hq")
-        native_sr = sr
-    return np.ascontiguousarray(y, dtype=np.float32), int(native_sr)
+    return resample(y, native_sr, sr), int(sr or native_sr)
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int | None) -> np.ndarray:
+    """Mono float32 ``y`` at ``orig_sr`` Hz resampled to ``target_sr`` (None or equal: unchanged), with
+    librosa's default filter (``soxr_hq``), as ``librosa.load(sr=...)`` resamples."""
+    if target_sr is not None and target_sr != orig_sr:
+        y = librosa.resample(y, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def decode_rates(data: bytes, rates: tuple[int | None, ...], name: str = "audio",
+                 max_duration_s: float = InputPolicy.max_duration_s) -> list[tuple[np.ndarray, int]]:
+    """:func:`decode` once, resampled to each of ``rates`` from the native signal (not from one another)."""
+    y, native_sr = decode(data, None, name=name, max_duration_s=max_duration_s)
+    return [(resample(y, native_sr, r), int(r or native_sr)) for r in rates]
 
 
 def check_usable(y: np.ndarray, sr: int, cfg: FeatureConfig, name: str = "audio") -> None:
@@ -158,11 +170,21 @@ def check_usable(y: np.ndarray, sr: int, cfg: FeatureConfig, name: str = "audio"
 
 def load(uri: str, cfg: FeatureConfig = FeatureConfig(), policy: InputPolicy | None = None) -> tuple[np.ndarray, int]:
     """Fetch (under ``policy``, default :meth:`InputPolicy.default`), decode and check one preview."""
+    return load_rates(uri, (cfg.sr,), cfg, policy)[0]
+
+
+def load_rates(uri: str, rates: tuple[int | None, ...], cfg: FeatureConfig = FeatureConfig(),
+               policy: InputPolicy | None = None) -> list[tuple[np.ndarray, int]]:
+    """:func:`load` at each of ``rates`` (one fetch and one decode; the usability check on the first)."""
     policy = policy or InputPolicy.default()
     name = fetch.redact(uri)
-    y, sr = decode(fetch_bytes(uri, policy), cfg.sr, name=name, max_duration_s=policy.max_duration_s)
-    check_usable(y, sr, cfg, name=name)
-    return y, sr
+    data = fetch_bytes(uri, policy)
+    if len(rates) == 1:
+        out = [decode(data, rates[0], name=name, max_duration_s=policy.max_duration_s)]
+    else:
+        out = decode_rates(data, rates, name=name, max_duration_s=policy.max_duration_s)
+    check_usable(*out[0], cfg, name=name)
+    return out
 
 
 # ---- spectra --------------------------------------------------------------------------------------------

@@ -237,7 +237,7 @@ def registered_family(ref) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines import build, evaluate, extract, leaderboard, mels, score, train, tune
+    from pipelines import build, evaluate, extract, leaderboard, mels, score, tags, train, tune
     from serve import deploy
 
     p = argparse.ArgumentParser(prog="hitmusic", description=__doc__,
@@ -277,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"louder, brighter {s.chorus_s:.0f} s chorus played twice at seeded positions "
                          "(recorded in popularity_truth.parquet), instead of previews of --duration")
     add("extract", "Ray Data job: audio + lyric features per track", lambda a: extract.main_from_args(a), extract)
+    add("tags", "tag audio files with the pretrained 50-tag MagnaTagATune tagger (musicnn)",
+        lambda a: tags.main_from_args(a), tags)
     add("mels", "Ray Data job: log-mel segments (Mid-30, HL-30) per track into a mel store",
         lambda a: mels.main_from_args(a), mels)
     add("build", "join features with metadata into the model table", lambda a: build.main_from_args(a), build)

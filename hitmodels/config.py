@@ -55,6 +55,10 @@ class FeatureConfig:
     contrast_n_bands: int = 6
     min_duration_s: float = 1.0
     silence_rms: float = 1e-4
+    # The 50 MagnaTagATune tag activations of the pretrained tagger (hitmodels.tagger: musicnn's MTT_musicnn),
+    # as tag_<label> columns, from the clip resampled to the tagger's 16 kHz. Off by default: the network
+    # costs several times the rest of the extraction per clip (benchmarks/bench_tagger.py).
+    tags: bool = False
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "FeatureConfig":

@@ -17,6 +17,12 @@ the per-clip NumPy path everywhere; ``--device torch`` forces the torch path, on
 GPU (for testing it). Where torch on the GPU workers cannot use CUDA (the CPU build of torch that
 constraints.txt pins), ``auto`` says so and keeps the CPU path.
 
+``--tags`` adds the 50 ``tag_<label>`` activations of the pretrained MagnaTagATune tagger (musicnn's
+MTT_musicnn in PyTorch, :mod:`hitmodels.tagger`), from each clip resampled to 16 kHz from its native rate:
+on the CPU path once per task over the task's clips, on the torch path in the actors, on their GPU. A clip
+the tagger fails on gets an ``internal: tagger: ...`` error, like any other row; the setting is recorded in
+``_feature_config.json``, so a table never mixes rows with and without tags.
+
 Every audio URI is checked against an input policy first (``--allow-root``, ``--allow-bucket``,
 ``--allow-host``; by default only the manifest's directory and ``$HITMUSIC_HOME``), and reads, decoded
 duration and lyrics are bounded (``--max-*``): a refused or oversized row gets its reason, the job goes on.
@@ -52,21 +58,22 @@ from hitmodels.entry import module_main
 
 
 def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | None = None):
-    """Ray Data task: :func:`hitmodels.features.extract_row` over a batch, as one Arrow table with the fixed
-    feature schema. Tasks rather than actors: nothing holds a CPU between batches, so the job shares a small
-    machine with Serve without deadlocking, and a crashed worker only costs its batch (retried by Ray)."""
-    rows = [features.extract_row(t, u, lyr, cfg, policy)
-            for t, u, lyr in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])]
+    """Ray Data task: :func:`hitmodels.features.extract_rows` over a batch (the tagger, with ``--tags``, once
+    over the batch), as one Arrow table with the fixed feature schema. Tasks rather than actors: nothing holds
+    a CPU between batches, so the job shares a small machine with Serve without deadlocking, and a crashed
+    worker only costs its batch (retried by Ray). Ray reuses a task's worker process, and with it the loaded
+    tagger."""
+    rows = features.extract_rows(list(zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])), cfg, policy)
     return features.rows_to_table(rows, cfg)
 
 
 # ---- the torch path: decode per clip on CPU tasks, then audio features per batch in actors ------------------
 
 # What decode_batch hands the actors: a row per track, the samples of the ones that decoded and passed
-# audio.check_usable, the lyric features or the lyric error. large_binary: a block of 30 s clips at 44.1 kHz
-# passes 2 GiB at ~400 tracks.
+# audio.check_usable (and with --tags the same clip at the tagger's rate), the lyric features or the lyric
+# error. large_binary: a block of 30 s clips at 44.1 kHz passes 2 GiB at ~400 tracks.
 DECODED_SCHEMA = pa.schema([("track_id", pa.string()), ("error", pa.string()), ("lyric_error", pa.string()),
-                            ("sr", pa.int64()), ("pcm", pa.large_binary())]
+                            ("sr", pa.int64()), ("pcm", pa.large_binary()), ("pcm_tags", pa.large_binary())]
                            + [(n, pa.float64()) for n in lyrics.FEATURE_NAMES])
 # Torch actors per GPU: each also does CPU work per clip (the CQT's resampling, ~25 ms, and the statistics),
 # which one actor would do while its GPU waits.
@@ -84,12 +91,17 @@ def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | 
     and after the audio features (fetch, decode, check, lyric features), with the same errors, as a
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
     rows = []
+    rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)
     for track_id, uri, text in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"]):
-        row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None}
+        row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None,
+               "pcm_tags": None}
         try:
             # a manifest read by pandas gives None or NaN where the URI is missing
-            y, sr = audio.load(uri if isinstance(uri, str) else "", cfg, policy)
+            loaded = audio.load_rates(uri if isinstance(uri, str) else "", rates, cfg, policy)
+            y, sr = loaded[0]
             row.update(sr=int(sr), pcm=np.ascontiguousarray(y, dtype=np.float32).tobytes())
+            if cfg.tags:
+                row["pcm_tags"] = loaded[1][0].tobytes()
         except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
             row["error"] = _internal(exc)
         if row["error"] is None:
@@ -122,15 +134,22 @@ def _clip_features(clips: list[np.ndarray], sr: int, cfg: FeatureConfig, device:
 
 
 def feature_rows(decoded: pd.DataFrame, cfg: FeatureConfig, device: str) -> list[dict]:
-    """Rows as :func:`hitmodels.features.extract_row` gives them, from :func:`decode_batch`'s rows: audio
-    features batched per sample rate on ``device``, errors in ``extract_row``'s order (load, then audio
-    features, then lyrics)."""
+    """Rows as :func:`hitmodels.features.extract_rows` gives them, from :func:`decode_batch`'s rows: audio
+    features batched per sample rate on ``device``, then (``cfg.tags``) the tags of every clip whose audio
+    features and lyrics passed, as one batch; errors in ``extract_rows``' order (load, audio features,
+    lyrics, tags)."""
     decoded = decoded.reset_index(drop=True)
     audio_out: dict[int, dict | str] = {}
     ok = decoded.index[decoded["error"].isna()]
     for sr, idx in decoded.loc[ok].groupby("sr").groups.items():
         clips = [np.frombuffer(decoded.at[i, "pcm"], dtype=np.float32) for i in idx]
         audio_out.update(zip(idx, _clip_features(clips, int(sr), cfg, device)))
+    tags_out: dict[int, dict | str] = {}
+    if cfg.tags:
+        tag_idx = [i for i in ok
+                   if isinstance(audio_out.get(i), dict) and not isinstance(decoded.at[i, "lyric_error"], str)]
+        clips = [np.frombuffer(decoded.at[i, "pcm_tags"], dtype=np.float32) for i in tag_idx]
+        tags_out = dict(zip(tag_idx, features.tag_rows(clips, cfg, device))) if tag_idx else {}
     rows = []
     for i, r in decoded.iterrows():
         row = {"track_id": r["track_id"], "error": r["error"] if isinstance(r["error"], str) else None}
@@ -140,9 +159,12 @@ def feature_rows(decoded: pd.DataFrame, cfg: FeatureConfig, device: str) -> list
                 row["error"] = result
             elif isinstance(r["lyric_error"], str):
                 row["error"] = r["lyric_error"]
+            elif isinstance(tags_out.get(i), str):
+                row["error"] = tags_out[i]
             else:
                 row.update(result)
                 row.update({n: float(r[n]) for n in lyrics.FEATURE_NAMES})
+                row.update(tags_out.get(i, {}))
         if row["error"] is not None:
             row.update({n: None for n in features.feature_names(cfg)})
         rows.append(row)
@@ -344,11 +366,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the NumPy path per clip; cpu = always NumPy; torch = always torch (on CPU without GPUs)")
     p.add_argument("--torch-batch-size", type=int, default=16,
                    help="clips per torch batch (default 16: ~1 GB of GPU memory for 30 s previews)")
+    p.add_argument("--tags", action="store_true",
+                   help="add the 50 tag_<label> columns of the pretrained MagnaTagATune tagger (musicnn's "
+                        "MTT_musicnn, hitmodels.tagger), batched per block, on the GPU actors where the torch "
+                        "path runs; costs several times the rest of the extraction per clip, hence off by default")
     add_policy_arguments(p)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    cfg = FeatureConfig(sr=args.sr or None, n_mfcc=args.n_mfcc)
+    cfg = FeatureConfig(sr=args.sr or None, n_mfcc=args.n_mfcc, tags=args.tags)
     run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size,
         device=args.device, torch_batch_size=args.torch_batch_size, policy=policy_from_args(args, args.manifest))
     return 0

@@ -61,11 +61,10 @@ def model_outputs(model) -> list[str]:
 def extract_features(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy) -> pd.DataFrame:
     """Add extracted features to manifest rows (``audio_uri``, ``lyrics``); metadata columns already in the
     batch win over nothing, absent ones stay missing and are imputed by the model."""
-    from hitmodels.features import extract_row
+    from hitmodels.features import extract_rows
 
     lyr = batch["lyrics"] if "lyrics" in batch else pd.Series([""] * len(batch))
-    rows = [extract_row(t, u, ly, cfg, policy)
-            for t, u, ly in zip(batch["track_id"], batch["audio_uri"], lyr.fillna(""))]
+    rows = extract_rows(list(zip(batch["track_id"], batch["audio_uri"], lyr.fillna(""))), cfg, policy)
     feats = pd.DataFrame(rows).drop(columns=["track_id"])
     keep = batch.drop(columns=[c for c in feats.columns if c in batch.columns]).reset_index(drop=True)
     return pd.concat([keep, feats], axis=1)

@@ -232,13 +232,22 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSe
         lyrics.check_bounds(lyric_text, policy.max_lyric_chars, policy.max_lyric_lines)
     except lyrics.LyricsError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "lyrics"], "msg": str(exc), "reason": exc.reason}])
+    from hitmodels import features
+
     cfg = cfg or FeatureConfig()
+    rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)
     try:
-        y, sr = audio.decode(data, cfg.sr, name=name, max_duration_s=policy.max_duration_s)
-        audio.check_usable(y, sr, cfg, name=name)
+        loaded = audio.decode_rates(data, rates, name=name, max_duration_s=policy.max_duration_s)
+        audio.check_usable(*loaded[0], cfg, name=name)
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    return {**audio.audio_features(y, sr, cfg), **lyrics.lyric_features(lyric_text, policy=policy)}
+    row = {**audio.audio_features(*loaded[0], cfg), **lyrics.lyric_features(lyric_text, policy=policy)}
+    if cfg.tags:  # a model trained on tagged rows: the tagger runs in the replica (loaded on first use)
+        tags = features.tag_rows([loaded[1][0]], cfg)[0]
+        if isinstance(tags, str):
+            raise RuntimeError(tags)
+        row.update(tags)
+    return row
 
 
 def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segment: str) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -227,3 +229,65 @@ def test_job_with_torch_forced_on_cpu_gives_the_cpu_paths_rows(ray_local, tmp_pa
     for t in cpu.index[cpu["error"].isna()]:
         worst = _worst(got.loc[t, names].to_dict(), cpu.loc[t, names].to_dict())
         assert worst[0][1] <= 1e-4, worst
+
+
+def test_tags_on_both_paths_with_bad_input(tmp_path):
+    """--tags: the CPU path (extract_batch) and the torch path give the same rows, errors and tag columns,
+    and a clip's tags are the tagger's on the clip resampled from its native rate to 16 kHz."""
+    from hitmodels import tagger
+
+    cfg = FeatureConfig(tags=True)
+    batch = _bad_and_good(tmp_path)
+    cpu, tor = extract.extract_batch(batch, cfg).to_pandas(), _torch_rows(batch, cfg)
+    tag_cols = list(features.tag_names(cfg))
+    assert len(tag_cols) == 50 and tag_cols[21] == "tag_no_vocals"
+    assert list(cpu.columns) == list(tor.columns) == features.output_schema(cfg).names
+    assert list(cpu.columns)[-50:] == tag_cols
+    assert _errors(tor) == _errors(cpu) == _errors(extract.extract_batch(batch, FeatureConfig()).to_pandas())
+    ok = cpu["error"].isna().to_numpy()
+    assert ok.sum() == 3
+    assert cpu.loc[~ok, tag_cols].isna().all().all() and tor.loc[~ok, tag_cols].isna().all().all()
+    np.testing.assert_allclose(tor.loc[ok, tag_cols].to_numpy(float), cpu.loc[ok, tag_cols].to_numpy(float),
+                               atol=1e-5)
+    t = tagger.shared("cpu")
+    for i in np.flatnonzero(ok):
+        y, sr = audio.decode(Path(batch.at[i, "audio_uri"]).read_bytes(), 16000)
+        np.testing.assert_allclose(cpu.loc[i, tag_cols].to_numpy(float), t.tag(y, sr), atol=1e-6)
+    # the other columns are what extraction without tags gives
+    plain = extract.extract_batch(batch, FeatureConfig()).to_pandas()
+    cols = [c for c in plain.columns if c != "error"]
+    pd.testing.assert_frame_equal(cpu[cols], plain[cols])
+
+
+def test_a_failing_tagger_costs_only_its_rows(tmp_path, monkeypatch):
+    from hitmodels import tagger
+
+    cfg = FeatureConfig(tags=True)
+    batch = _bad_and_good(tmp_path)
+    real = tagger.tag_clips
+
+    def flaky(clips, sr, device="cpu"):
+        if any(len(y) == int(1.3 * 16000) for y in clips):  # good1 lasts 1.3 s
+            raise RuntimeError("out of memory (simulated)")
+        return real(clips, sr, device)
+
+    monkeypatch.setattr(tagger, "tag_clips", flaky)
+    rows = extract.extract_batch(batch, cfg).to_pandas().set_index("track_id")
+    assert rows.loc["t-good1", "error"].startswith("internal: tagger: RuntimeError: out of memory")
+    assert rows.loc["t-good1", list(features.feature_names(cfg))].isna().all()
+    assert rows.loc[["t-good0", "t-good2"], "error"].isna().all()
+
+
+@pytest.mark.integration
+def test_job_with_tags_records_them_and_refuses_to_mix(ray_local, tmp_path):
+    batch = _bad_and_good(tmp_path)
+    manifest = tmp_path / "manifest.parquet"
+    batch.to_parquet(manifest)
+    counts = extract.run(manifest, tmp_path / "out", FeatureConfig(tags=True), batch_size=3, block_size=4)
+    assert counts == {"ok": 3, "missing": 2, "empty": 1, "undecodable": 1, "too_short": 1, "silent": 1}
+    got = extract.read_features(tmp_path / "out")
+    assert len(got) == len(batch) and got.attrs["feature_config"]["tags"] is True
+    ok = got[got["error"].isna()]
+    assert np.isfinite(ok[list(features.tag_names(FeatureConfig(tags=True)))].to_numpy(float)).all()
+    with pytest.raises(ValueError, match="other settings.*tags"):
+        extract.run(manifest, tmp_path / "out", FeatureConfig(tags=False))
