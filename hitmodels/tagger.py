@@ -292,6 +292,44 @@ def _relu_bn_max(win: torch.Tensor, lead: tuple[int, int, int], axis: int, conv:
     return F.relu(extreme) * scale + shift
 
 
+def multiply_adds(m: MusicnnMTT, n_frames: int = PATCH_FRAMES, n_mels: int = 96) -> int:
+    """Multiply-adds of one patch through the network's convolutions and dense layers (batch normalisation,
+    pooling and activations, a fraction of a percent, left out): the work a FLOPS floor is computed from."""
+    total = 0
+    for conv in m.timbral:
+        kh, kw = conv.kernel_size
+        total += n_frames * (n_mels - kw + 1) * conv.out_channels * kh * kw
+    for conv in m.temporal:
+        total += n_frames * n_mels * conv.out_channels * conv.kernel_size[0]
+    for conv in m.midend:
+        total += n_frames * conv.out_channels * conv.in_channels * conv.kernel_size[0]
+    return total + m.dense.in_features * m.dense.out_features + m.out.in_features * m.out.out_features
+
+
+def plain_forward(m: MusicnnMTT, x: torch.Tensor) -> torch.Tensor:
+    """The network written plainly with torch's own convolutions, NCHW, as musicnn's graph reads: the
+    reference the fast forward is tested against and the peer benchmarks/bench_tagger.py times it against."""
+    def bn(mod, z):
+        return F.batch_norm(z, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
+
+    x = bn(m.bn_input, x.unsqueeze(1))  # (B, 1, T, F)
+    feats = []
+    for conv, b in zip(m.timbral, m.timbral_bn):
+        feats.append(bn(b, F.relu(F.conv2d(F.pad(x, (0, 0, 3, 3)), conv.weight, conv.bias))).amax(dim=3))
+    for conv, b, k in zip(m.temporal, m.temporal_bn, m.TEMPORAL):
+        z = F.conv2d(F.pad(x, (0, 0, (k - 1) // 2, k // 2)), conv.weight, conv.bias)
+        feats.append(bn(b, F.relu(z)).amax(dim=3))
+    h = torch.cat(feats, dim=1)  # (B, 561, T)
+    maps = [h]
+    for i, (conv, b) in enumerate(zip(m.midend, m.midend_bn)):
+        z = bn(b, F.relu(F.conv1d(F.pad(h, (3, 3)), conv.weight, conv.bias)))
+        h = z if i == 0 else z + h
+        maps.append(h)
+    feats = torch.cat(maps, dim=1)
+    pooled = torch.stack([feats.amax(dim=2), feats.mean(dim=2)], dim=2).flatten(1)
+    return torch.sigmoid(m.out(bn(m.bn_dense, F.relu(m.dense(bn(m.bn_pool, pooled))))))
+
+
 def _tf_names(model: MusicnnMTT) -> list[tuple[str, nn.Module]]:
     """(TF variable scope, module): tf.compat.v1.layers numbers each layer type in creation order."""
     bns = ([model.bn_input] + list(model.timbral_bn) + list(model.temporal_bn) + list(model.midend_bn)

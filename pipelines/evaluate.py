@@ -45,6 +45,17 @@ from hitmodels.config import tracking_uri as resolve_tracking_uri
 from pipelines.train import add_fit_arguments, fit_settings
 
 
+def load_table(args: argparse.Namespace) -> pd.DataFrame:
+    """The table to evaluate, as the flags ask: its source, a sample of ``--max-rows``, without the tagger's
+    columns with ``--no-tag-columns``."""
+    table = load_source(args.source, not args.no_spotify_descriptors)
+    if args.max_rows and len(table) > args.max_rows:
+        table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
+    if args.no_tag_columns:
+        table = table.drop(columns=[c for c in table.columns if c.startswith("tag_")])
+    return table
+
+
 def load_source(source: Path, spotify_descriptors: bool = True) -> pd.DataFrame:
     """A model table from a Parquet file or from an SPD directory's "Features Extracted/" folder."""
     from hitmodels.spd_features import has_spd_features, load_spd_model_table
@@ -91,6 +102,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=int, default=None, help="evaluate a random sample of this many rows")
     p.add_argument("--no-spotify-descriptors", action="store_true",
                    help="SPD directory only: leave out Spotify's acousticness, danceability, ... columns")
+    p.add_argument("--no-tag-columns", action="store_true",
+                   help="leave out the tagger's tag_* columns (hitmusic extract --tags), to measure what they add "
+                        "on the same rows and folds; with --family --tags the tag branch then reads genre_*")
     p.add_argument("--sizes", default="",
                    help="also a learning curve by data size: e.g. 200,1000,5000 evaluates random samples of that "
                         "many rows the same way, and writes test MAE against training rows per model "
@@ -157,9 +171,7 @@ def evaluate_variants(args: argparse.Namespace) -> int:
     if settings["split"] == "both":
         raise ValueError("--split both is for HitMusicNet's evaluation; with --family choose stratified or artist")
     base = TrainConfig(**settings, family=fam.name, params=params)
-    table = load_source(args.source, not args.no_spotify_descriptors)
-    if args.max_rows and len(table) > args.max_rows:
-        table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
+    table = load_table(args)
     result = cross_validate_variants(table, fam.name, variants, base, k=args.folds or 10,
                                      progress=lambda msg: print(f"evaluate [{fam.name}]: {msg}", file=sys.stderr))
     home = Path(args.home) if getattr(args, "home", None) else default_home()
@@ -198,9 +210,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     splits = ["stratified", "artist"] if settings["split"] == "both" else [settings["split"]]
     ecfg = replace(EvaluateConfig(), configs=configs, baselines=baselines, n_folds=args.folds, seed=args.seed,
                    experiment=args.experiment)
-    table = load_source(args.source, not args.no_spotify_descriptors)
-    if args.max_rows and len(table) > args.max_rows:
-        table = table.sample(args.max_rows, random_state=args.seed).reset_index(drop=True)
+    table = load_table(args)
     home = Path(args.home) if getattr(args, "home", None) else default_home()
     out = args.out or home / "report"
     results, reports = {}, {}

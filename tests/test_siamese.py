@@ -258,9 +258,11 @@ def test_siamese_and_rows_champions_served_side_by_side_and_batch_scored(siamese
     batch = score.read_scores(tmp_path / "scores").set_index("track_id")
     assert ref.version == result.version and len(batch) == len(audio_files) + 1  # rows in = rows out
     assert batch.loc["gone", "error"].startswith("audio: missing") and pd.isna(batch.loc["gone", "popularity"])
+    # the network runs in float32, one clip online and a batch here: oneDNN's kernels may round the two
+    # differently by an ulp on some CPUs (seen: 49.404132 vs 49.404135 on an AMD EPYC), never by more
     for tid, p in online.items():
-        assert batch.loc[tid, "popularity"] == pytest.approx(p["popularity"], abs=1e-9)
-        assert batch.loc[tid, "percentile"] == pytest.approx(p["percentile"], abs=1e-9)
+        assert batch.loc[tid, "popularity"] == pytest.approx(p["popularity"], abs=1e-4)
+        assert batch.loc[tid, "percentile"] == pytest.approx(p["percentile"], abs=1e-3)
         assert pd.isna(batch.loc[tid, "error"])
     score.run(store, tmp_path / "scores-store", "siamese-cnn", result.version, mlflow_uri)
     from_store = score.read_scores(tmp_path / "scores-store")

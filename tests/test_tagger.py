@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F
 
 from hitmodels import audio, tagger, tf_checkpoint
 
@@ -75,27 +74,6 @@ def test_missing_wheel_is_a_clear_error(tmp_path, monkeypatch):
         tagger.musicnn_spec(tagger.musicnn_dir())
 
 
-def reference_forward(m: tagger.MusicnnMTT, x: torch.Tensor) -> torch.Tensor:
-    """The network written plainly with torch's convolutions, NCHW, as musicnn's graph reads."""
-    bn = lambda mod, z: F.batch_norm(z, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
-    x = bn(m.bn_input, x.unsqueeze(1))  # (B, 1, T, F)
-    feats = []
-    for conv, b in zip(m.timbral, m.timbral_bn):
-        feats.append(bn(b, F.relu(F.conv2d(F.pad(x, (0, 0, 3, 3)), conv.weight, conv.bias))).amax(dim=3))
-    for conv, b, k in zip(m.temporal, m.temporal_bn, m.TEMPORAL):
-        z = F.conv2d(F.pad(x, (0, 0, (k - 1) // 2, k // 2)), conv.weight, conv.bias)
-        feats.append(bn(b, F.relu(z)).amax(dim=3))
-    h = torch.cat(feats, dim=1)  # (B, 561, T)
-    maps = [h]
-    for i, (conv, b) in enumerate(zip(m.midend, m.midend_bn)):
-        z = bn(b, F.relu(F.conv1d(F.pad(h, (3, 3)), conv.weight, conv.bias)))
-        h = z if i == 0 else z + h
-        maps.append(h)
-    feats = torch.cat(maps, dim=1)
-    pooled = torch.stack([feats.amax(dim=2), feats.mean(dim=2)], dim=2).flatten(1)
-    return torch.sigmoid(m.out(bn(m.bn_dense, F.relu(m.dense(bn(m.bn_pool, pooled))))))
-
-
 def test_fast_forward_equals_the_plain_convolutions():
     """The windowed-product forward (and its max/min trick for negative batch-norm scales) is the network."""
     torch.manual_seed(0)
@@ -110,7 +88,7 @@ def test_fast_forward_equals_the_plain_convolutions():
                 mod.running_var.copy_(torch.rand(n) + 0.5)
     x = torch.randn(3, tagger.PATCH_FRAMES, 96)
     with torch.inference_mode():
-        np.testing.assert_allclose(m(x).numpy(), reference_forward(m, x).numpy(), atol=2e-5)
+        np.testing.assert_allclose(m(x).numpy(), tagger.plain_forward(m, x).numpy(), atol=2e-5)
 
 
 def test_patches_and_short_clips():
