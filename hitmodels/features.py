@@ -39,6 +39,15 @@ def tag_sr() -> int:
     return tagger.musicnn_spec().sr
 
 
+def load_tagger(device: str = "cpu") -> None:
+    """Load the tagger now, outside any per-row error handling: a missing wheel or a corrupt checkpoint must
+    fail the task (and so the job, loudly), not become an ``internal`` error on every row, which a resumed
+    run would then count as done."""
+    from . import tagger
+
+    tagger.shared(device)
+
+
 def tag_rows(clips: list[np.ndarray], cfg: FeatureConfig, device: str = "cpu") -> list[dict | str]:
     """``{tag_<label>: activation}`` per clip (at :func:`tag_sr`), or per clip an error string: a batch that
     fails is redone clip by clip, so one clip costs only its own row."""
@@ -74,6 +83,8 @@ def extract_rows(items: list[tuple[str, str, str | None]], cfg: FeatureConfig = 
     the lyrics, the tags."""
     policy = policy or InputPolicy.default()
     rates = (cfg.sr, tag_sr()) if cfg.tags else (cfg.sr,)
+    if cfg.tags:
+        load_tagger(device)
     rows: list[dict] = []
     to_tag: list[tuple[int, np.ndarray]] = []
     for track_id, audio_uri, lyric_text in items:

@@ -48,7 +48,7 @@ BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
 # What this port was written against; the wheel's configuration.py must agree (checked when it is read).
 EXPECTED = {"SR": 16000, "FFT_HOP": 256, "FFT_SIZE": 512, "N_MELS": 96}
 PATCH_FRAMES = 187  # librosa.time_to_frames(3 s, sr=16000, n_fft=512, hop_length=256) + 1, as musicnn computes
-MAX_PATCHES_PER_BATCH = 32  # a forward pass holds ~40 MB of windows and maps per patch
+MAX_PATCHES_PER_BATCH = 16  # a forward pass holds ~23 MB of windows and maps per patch: ~0.4 GB at 16
 
 
 class TaggerUnavailable(RuntimeError):

@@ -91,7 +91,7 @@ def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | 
     and after the audio features (fetch, decode, check, lyric features), with the same errors, as a
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
     rows = []
-    rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)
+    rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)  # tag_sr: a missing wheel fails here
     for track_id, uri, text in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"]):
         row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None,
                "pcm_tags": None}
@@ -182,6 +182,8 @@ class TorchFeatures:
         self.cfg, self.device = cfg, device
         if device == "cpu":
             torch.set_num_threads(1)  # the actor holds one CPU
+        if cfg.tags:
+            features.load_tagger(device)
 
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         return features.rows_to_table(feature_rows(batch, self.cfg, self.device), self.cfg)
@@ -368,8 +370,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clips per torch batch (default 16: ~1 GB of GPU memory for 30 s previews)")
     p.add_argument("--tags", action="store_true",
                    help="add the 50 tag_<label> columns of the pretrained MagnaTagATune tagger (musicnn's "
-                        "MTT_musicnn, hitmodels.tagger), batched per block, on the GPU actors where the torch "
-                        "path runs; costs several times the rest of the extraction per clip, hence off by default")
+                        "MTT_musicnn, hitmodels.tagger), batched per task (--batch-size tracks) on the CPU path, per "
+                        "actor batch on the torch path (on its GPU); costs several times the rest of the extraction per clip, hence off by default")
     add_policy_arguments(p)
 
 

@@ -21,13 +21,14 @@ import json
 import sys
 from pathlib import Path
 
-from hitmodels import audio, tagger
+from hitmodels import audio
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.entry import module_main
 
 
 def tag_files(files: list[Path], top: int = 5, device: str = "auto") -> list[dict]:
     """One result per file, in order: ``{"file", "error", "tags", "top"}``; ``error`` is None when tagged."""
+    from hitmodels import tagger  # torch: imported by this command, not by every hitmusic command
     from hitmodels.devices import resolve_device
 
     t = tagger.shared(str(resolve_device(device)))

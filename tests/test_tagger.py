@@ -112,8 +112,10 @@ def test_short_clip_is_tagged(tg):
 
 
 def test_golden_activations_of_musicnn(tg, shared_dir):
-    """Within 1e-3 of musicnn's TensorFlow code on every tag of the four real previews (see the JSON's
-    ``how`` and ``made_with``), per 3 s patch and averaged."""
+    """Within 2e-5 of musicnn's TensorFlow code on every tag of the four real previews (see the JSON's
+    ``how`` and ``made_with``), per 3 s patch and averaged. The issue asks for 1e-3; the port reaches 3.4e-6,
+    and 2e-5 is what catches a lost detail of the preprocessing (without the float16 rounding of the mel
+    power the activations move by 3e-5 to 1.1e-4)."""
     ref = json.loads(GOLDEN.read_text())
     assert list(tg.labels) == ref["labels"]
     for name, clip in ref["clips"].items():
@@ -121,9 +123,9 @@ def test_golden_activations_of_musicnn(tg, shared_dir):
         p = tg.clip_patches(y, sr)
         assert len(p) == clip["patches"]
         acts = tg.activations(p)
-        np.testing.assert_allclose(acts, np.array(clip["taggram"]), atol=1e-3, err_msg=name)
-        np.testing.assert_allclose(acts.mean(axis=0), np.array(clip["mean"]), atol=1e-3, err_msg=name)
-        np.testing.assert_allclose(tg.tag(y, sr), np.array(clip["mean"]), atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(acts, np.array(clip["taggram"]), atol=2e-5, err_msg=name)
+        np.testing.assert_allclose(acts.mean(axis=0), np.array(clip["mean"]), atol=2e-5, err_msg=name)
+        np.testing.assert_allclose(tg.tag(y, sr), np.array(clip["mean"]), atol=2e-5, err_msg=name)
 
 
 def test_tags_are_plausible(tg, shared_dir):
