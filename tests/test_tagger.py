@@ -137,3 +137,34 @@ def test_tags_are_plausible(tg, shared_dir):
     assert top["rock"] & {"rock", "guitar"}, top
     assert top["edm"] & {"techno", "electronic", "dance", "synth"}, top
     assert top["soul"] & {"female", "woman", "female vocal", "vocal", "female voice"}, top
+
+
+def test_tags_command(shared_dir, tmp_path, capsys):
+    from pipelines import tags
+
+    rock = shared_dir / "data" / "audio" / "rock.mp3"
+    assert tags.main(["--json", "--top", "3", "--device", "cpu", str(rock), str(tmp_path / "gone.mp3")]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(r["file"]).name for r in lines] == ["rock.mp3", "gone.mp3"]
+    assert lines[0]["error"] is None and len(lines[0]["tags"]) == 50 and len(lines[0]["top"]) == 3
+    assert lines[0]["top"][0] == max(lines[0]["tags"], key=lines[0]["tags"].get)
+    assert lines[1]["error"].startswith("missing") and lines[1]["tags"] is None
+    assert tags.main(["--device", "cpu", str(rock)]) == 0
+    assert capsys.readouterr().out.startswith(f"{rock}: techno 0.50")
+
+
+def test_evaluate_can_leave_the_tag_columns_out(tmp_path):
+    import argparse
+
+    import pandas as pd
+
+    from pipelines import evaluate
+
+    path = tmp_path / "table.parquet"
+    pd.DataFrame({"track_id": ["a", "b"], "popularity": [1.0, 2.0], "MEL_1": [0.1, 0.2],
+                  "tag_rock": [0.3, 0.4], "tag_no_vocals": [0.5, 0.6]}).to_parquet(path)
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    assert "tag_rock" in evaluate.load_table(p.parse_args([str(path)])).columns
+    assert list(evaluate.load_table(p.parse_args([str(path), "--no-tag-columns"])).columns) == \
+        ["track_id", "popularity", "MEL_1"]
