@@ -178,11 +178,7 @@ def load_rates(uri: str, rates: tuple[int | None, ...], cfg: FeatureConfig = Fea
     """:func:`load` at each of ``rates`` (one fetch and one decode; the usability check on the first)."""
     policy = policy or InputPolicy.default()
     name = fetch.redact(uri)
-    data = fetch_bytes(uri, policy)
-    if len(rates) == 1:
-        out = [decode(data, rates[0], name=name, max_duration_s=policy.max_duration_s)]
-    else:
-        out = decode_rates(data, rates, name=name, max_duration_s=policy.max_duration_s)
+    out = decode_rates(fetch_bytes(uri, policy), rates, name=name, max_duration_s=policy.max_duration_s)
     check_usable(*out[0], cfg, name=name)
     return out
 

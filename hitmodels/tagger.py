@@ -35,6 +35,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -341,43 +342,47 @@ def _tf_names(model: MusicnnMTT) -> list[tuple[str, nn.Module]]:
     return named
 
 
-def state_from_checkpoint(model: MusicnnMTT, tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """The model's ``state_dict`` from checkpoint tensors (TF layout), checking every shape."""
-    state = {}
+def _conv2d_kernel(k: np.ndarray) -> np.ndarray:
+    return k.transpose(3, 2, 0, 1)  # TF's HWIO -> OIHW
+
+
+def _conv1d_kernel(k: np.ndarray) -> np.ndarray:
+    return k[:, :, 0, :].transpose(2, 1, 0)  # (7, C_in, 1, C_out), a 2-D kernel spanning all channels -> OIK
+
+
+def _variables(model: MusicnnMTT) -> list[tuple[str, str, Callable[[np.ndarray], np.ndarray]]]:
+    """(state_dict key, checkpoint variable, TF layout -> ours) for every tensor the network reads."""
     prefix = {id(m): name for name, m in model.named_modules()}
+    out = []
     for tf_name, module in _tf_names(model):
         key = prefix[id(module)]
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                                 ("running_var", "moving_variance")):
-                state[f"{key}.{ours}"] = tensors[f"{tf_name}/{theirs}"]
-        elif isinstance(module, nn.Conv2d):
-            state[f"{key}.weight"] = tensors[f"{tf_name}/kernel"].transpose(3, 2, 0, 1)  # HWIO -> OIHW
-            state[f"{key}.bias"] = tensors[f"{tf_name}/bias"]
-        elif isinstance(module, nn.Conv1d):
-            k = tensors[f"{tf_name}/kernel"]  # (7, C_in, 1, C_out): a 2-D kernel spanning all channels
-            state[f"{key}.weight"] = k[:, :, 0, :].transpose(2, 1, 0)
-            state[f"{key}.bias"] = tensors[f"{tf_name}/bias"]
-        else:  # Linear: TF stores (in, out)
-            state[f"{key}.weight"] = tensors[f"{tf_name}/kernel"].T
-            state[f"{key}.bias"] = tensors[f"{tf_name}/bias"]
-    own = model.state_dict()
-    for key, value in state.items():
-        if tuple(own[key].shape) != value.shape:
-            raise tf_checkpoint.CheckpointError(f"{key}: checkpoint shape {value.shape}, the network's "
-                                                f"{tuple(own[key].shape)}")
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+            out += [(f"{key}.{ours}", f"{tf_name}/{theirs}", np.asarray) for ours, theirs in
+                    (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                     ("running_var", "moving_variance"))]
+            continue
+        convert = (_conv2d_kernel if isinstance(module, nn.Conv2d) else
+                   _conv1d_kernel if isinstance(module, nn.Conv1d) else np.transpose)  # Linear: TF has (in, out)
+        out += [(f"{key}.weight", f"{tf_name}/kernel", convert), (f"{key}.bias", f"{tf_name}/bias", np.asarray)]
+    return out
 
 
 def checkpoint_names(model: MusicnnMTT) -> list[str]:
     """The checkpoint variables the network reads (the optimiser's slots are not among them)."""
-    names = []
-    for tf_name, module in _tf_names(model):
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            names += [f"{tf_name}/{v}" for v in ("gamma", "beta", "moving_mean", "moving_variance")]
-        else:
-            names += [f"{tf_name}/kernel", f"{tf_name}/bias"]
-    return names
+    return [name for _, name, _ in _variables(model)]
+
+
+def state_from_checkpoint(model: MusicnnMTT, tensors: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict`` from checkpoint tensors (TF layout), checking every shape."""
+    own = model.state_dict()
+    state = {}
+    for key, name, convert in _variables(model):
+        value = np.ascontiguousarray(convert(tensors[name]))
+        if tuple(own[key].shape) != value.shape:
+            raise tf_checkpoint.CheckpointError(f"{key}: checkpoint shape {value.shape}, the network's "
+                                                f"{tuple(own[key].shape)}")
+        state[key] = torch.from_numpy(value)
+    return state
 
 
 # ---- the tagger --------------------------------------------------------------------------------------------
