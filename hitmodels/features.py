@@ -24,6 +24,14 @@ def feature_names(cfg: FeatureConfig = FeatureConfig()) -> tuple[str, ...]:
     return tuple(audio.audio_feature_names(cfg)) + lyrics.FEATURE_NAMES + tag_names(cfg)
 
 
+TAGGED = FeatureConfig(tags=True)  # the settings under which tag columns exist (the tagger's are its own)
+
+
+def tagger_columns(columns) -> list[str]:
+    """The tagger's ``tag_<label>`` columns among a model's ``columns``: computed from the audio, never imputed."""
+    return [c for c in columns if c.startswith("tag_")]
+
+
 def tag_names(cfg: FeatureConfig = FeatureConfig()) -> tuple[str, ...]:
     """The ``tag_<label>`` columns (MagnaTagATune's 50 labels, spaces as underscores), or none."""
     if not cfg.tags:

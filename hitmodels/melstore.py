@@ -6,8 +6,11 @@ Layout of a store directory (written by ``hitmusic mels``, :mod:`pipelines.mels`
     part-*.parquet      one row per track of the manifest (rows in = rows out):
                         track_id, error (null when fine), duration_s, mid30_start_s, hl30_start_s,
                         mid30, hl30 (float16 (n_mels, n_frames), C order, as bytes; hl30 null when it is
-                        the same segment as mid30, as for a preview no longer than 30 s)
-    _mel_config.json    the :class:`~hitmodels.config.MelConfig` every segment was computed with
+                        the same segment as mid30, as for a preview no longer than 30 s);
+                        with ``hitmusic mels --tags`` also the tagger's 50 ``tag_<label>`` activations of
+                        the whole clip (float64), what a Siamese model with a tag branch takes beside its segment
+    _mel_config.json    the :class:`~hitmodels.config.MelConfig` every segment was computed with, and
+                        ``"tags"``: whether the parts carry the tag columns (a store never mixes both)
 
 One 30 s segment is 128 x 323 float16 = 82.7 KB, so a store of 100,000 previews is ~8.3 GB on disk; training
 reads only the segment and the tracks it needs, one Parquet row group at a time (:meth:`MelStore.load`),
@@ -74,21 +77,55 @@ def segment_row(y: np.ndarray, sr: int, cfg: MelConfig = MelConfig()) -> dict:
 def mel_row(track_id: str, audio_uri: str, cfg: MelConfig = MelConfig(), policy: InputPolicy | None = None) -> dict:
     """One store row; never raises on bad input: the row's ``error`` names the reason (the same reasons as
     feature extraction: missing, refused, too_large, undecodable, too_short, silent, ...)."""
-    from . import audio  # librosa underneath: only the writers of segments need it
-
-    row = {"track_id": str(track_id), "error": None}
-    try:
-        y, sr = audio.load(audio_uri if isinstance(audio_uri, str) else "", audio_config(cfg), policy)
-        row.update(segment_row(y, sr, cfg))
-    except audio.AudioError as exc:
-        row["error"] = str(exc)
-    except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
-        row["error"] = f"internal: {type(exc).__name__}: {exc}"
-    return row
+    return mel_rows([(track_id, audio_uri)], cfg, policy)[0]
 
 
-def rows_to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA.names} for r in rows], schema=SCHEMA)
+def mel_rows(items: list[tuple[str, str]], cfg: MelConfig = MelConfig(), policy: InputPolicy | None = None,
+             tags: bool = False) -> list[dict]:
+    """:func:`mel_row` of each ``(track_id, audio_uri)``; with ``tags`` each clip is decoded once at both
+    ``cfg.sr`` and the tagger's rate, and the usable clips are tagged as one batch (a clip the tagger fails
+    on gets its own error; its row keeps no segments, so a store row is either whole or failed)."""
+    from . import audio, features  # librosa underneath: only the writers of segments need it
+
+    rates = (cfg.sr, features.tag_sr()) if tags else (cfg.sr,)
+    if tags:
+        features.load_tagger()  # a missing wheel fails the task, not every row (see features.load_tagger)
+    rows: list[dict] = []
+    to_tag: list[tuple[int, np.ndarray]] = []
+    for track_id, audio_uri in items:
+        row = {"track_id": str(track_id), "error": None}
+        try:
+            loaded = audio.load_rates(audio_uri if isinstance(audio_uri, str) else "", rates, audio_config(cfg),
+                                      policy)
+            row.update(segment_row(*loaded[0], cfg))
+            if tags:
+                to_tag.append((len(rows), loaded[1][0]))
+        except audio.AudioError as exc:
+            row["error"] = str(exc)
+        except Exception as exc:  # a bug or an exotic file must not cost the other rows of the batch
+            row["error"] = f"internal: {type(exc).__name__}: {exc}"
+        rows.append(row)
+    if to_tag:
+        for (i, _), values in zip(to_tag, features.tag_rows([y for _, y in to_tag], features.TAGGED)):
+            if isinstance(values, str):
+                rows[i] = {"track_id": rows[i]["track_id"], "error": values}
+            else:
+                rows[i].update(values)
+    return rows
+
+
+def schema(tags: bool = False) -> pa.Schema:
+    """The parts' schema: :data:`SCHEMA`, plus the tag columns with ``tags``."""
+    if not tags:
+        return SCHEMA
+    from . import features
+
+    return pa.schema(list(SCHEMA) + [(n, pa.float64()) for n in features.tag_names(features.TAGGED)])
+
+
+def rows_to_table(rows: list[dict], tags: bool = False) -> pa.Table:
+    sch = schema(tags)
+    return pa.Table.from_pylist([{k: r.get(k) for k in sch.names} for r in rows], schema=sch)
 
 
 def is_store(uri: str | Path) -> bool:
@@ -97,20 +134,33 @@ def is_store(uri: str | Path) -> bool:
     return exists(fs, f"{root}/{MEL_CONFIG_FILE}")
 
 
-def record_config(uri: str | Path, cfg: MelConfig) -> None:
-    """Write ``cfg`` beside the parts; a store holding segments of other settings is refused."""
+def read_config(fs, root: str) -> tuple[MelConfig, bool]:
+    """``(settings, tags)`` of the store at ``root`` (a store written before tags existed has none)."""
+    with fs.open_input_stream(f"{root}/{MEL_CONFIG_FILE}") as f:
+        d = json.loads(f.read())
+    tags = d.pop("tags", False)
+    if not isinstance(tags, bool):
+        raise ValueError(f"{root}/{MEL_CONFIG_FILE}: 'tags' must be true or false, got {tags!r}")
+    return MelConfig.from_dict(d), tags
+
+
+def record_config(uri: str | Path, cfg: MelConfig, tags: bool = False) -> None:
+    """Write ``cfg`` (and ``tags``) beside the parts; a store holding segments of other settings, or written
+    with the other ``tags`` choice, is refused."""
     fs, root = filesystem(str(uri))
     path = f"{root}/{MEL_CONFIG_FILE}"
     if exists(fs, path):
-        with fs.open_input_stream(path) as f:
-            before = MelConfig.from_dict(json.loads(f.read()))
+        before, had_tags = read_config(fs, root)
         if before != cfg:
             raise ValueError(f"{uri} holds mel segments computed with other settings ({before}); "
                              "write into a new directory")
+        if had_tags != tags:
+            raise ValueError(f"{uri} holds segments {'with' if had_tags else 'without'} the tag columns; "
+                             f"{'add' if had_tags else 'drop'} --tags or write into a new directory")
         return
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(json.dumps(asdict(cfg)).encode())
+        f.write(json.dumps({**asdict(cfg), "tags": tags}).encode())
 
 
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
@@ -144,12 +194,10 @@ class MelStore:
     def __init__(self, uri: str | Path):
         self.uri = str(uri)
         self.fs, self.root = filesystem(self.uri)
-        cfg_path = f"{self.root}/{MEL_CONFIG_FILE}"
-        if not exists(self.fs, cfg_path):
+        if not exists(self.fs, f"{self.root}/{MEL_CONFIG_FILE}"):
             raise FileNotFoundError(f"{self.uri} is not a mel store (no {MEL_CONFIG_FILE}); make one with "
                                     "hitmusic mels MANIFEST DIR")
-        with self.fs.open_input_stream(cfg_path) as f:
-            self.config = MelConfig.from_dict(json.loads(f.read()))
+        self.config, self.tags = read_config(self.fs, self.root)
         self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:

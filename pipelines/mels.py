@@ -7,7 +7,8 @@ The input of the CNN families (``--family siamese``): 128 mel bands at 22,050 Hz
 2,048, 323 frames per 30 s segment, in dB, stored as float16 (see :mod:`hitmodels.melstore` for the layout
 and :mod:`hitmodels.mel` for the segments). Each track is decoded and analysed once here; training and
 scoring read the store. Same rules as ``hitmusic extract``: the manifest (Parquet or CSV with ``track_id``,
-``audio_uri``) or an SPD directory; every URI checked against the input policy (``--allow-*``) and the input
+``audio_uri``) or an SPD directory; ``--tags`` adds the tagger's activations per clip (decoded once for
+both); every URI checked against the input policy (``--allow-*``) and the input
 bounds; a bad track gets a row with its ``error`` and no segments (rows in = rows out) and a count per
 reason is printed; re-running into the same store resumes. STORE_DIR may be an ``s3://`` prefix (endpoint and
 region from the environment, as for ``hitmusic score``).
@@ -34,21 +35,22 @@ from hitmodels.storage import filesystem
 from pipelines.extract import _task_env
 
 
-def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy) -> pa.Table:
-    """Ray Data task: :func:`hitmodels.melstore.mel_row` over a batch, as one Arrow table of the store's schema."""
-    return melstore.rows_to_table([melstore.mel_row(t, u, cfg, policy)
-                                   for t, u in zip(batch["track_id"], batch["audio_uri"])])
+def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy, tags: bool = False) -> pa.Table:
+    """Ray Data task: :func:`hitmodels.melstore.mel_rows` over a batch, as one Arrow table of the store's schema."""
+    return melstore.rows_to_table(melstore.mel_rows(list(zip(batch["track_id"], batch["audio_uri"])), cfg, policy,
+                                                    tags), tags)
 
 
 def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), batch_size: int = 4,
-        block_size: int = 64, policy: InputPolicy | None = None) -> Counter:
-    """Segments of every track of ``manifest`` not yet in ``store``; returns rows per outcome."""
+        block_size: int = 64, policy: InputPolicy | None = None, tags: bool = False) -> Counter:
+    """Segments (and with ``tags`` the tag activations) of every track of ``manifest`` not yet in ``store``;
+    returns rows per outcome."""
     import ray
 
     policy = policy or InputPolicy.for_manifest(manifest)
     init_ray()
     store = str(store)
-    melstore.record_config(store, cfg)
+    melstore.record_config(store, cfg, tags)
     melstore.readable_parts(*filesystem(store), quarantine=True)  # a part cut short by a killed run: redo it
     df = read_manifest(manifest).drop_duplicates("track_id")
     done = set(melstore.MelStore(store).index()["track_id"])
@@ -57,7 +59,7 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
     if len(todo):
         chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
         ds = ray.data.from_pandas(chunks).map_batches(
-            mel_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size, batch_format="pandas",
+            mel_batch, fn_kwargs={"cfg": cfg, "policy": policy, "tags": tags}, batch_size=batch_size, batch_format="pandas",
             num_cpus=1, **_task_env(todo["audio_uri"]))
         fs, root = filesystem(store)
         ds.write_parquet(root, filesystem=fs)
@@ -75,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
     p.add_argument("--segment-s", type=float, default=c.segment_s,
                    help=f"segment length in seconds (default {c.segment_s:.0f}: {c.n_frames} frames)")
+    p.add_argument("--tags", action="store_true",
+                   help="also store the pretrained tagger's 50 tag_<label> activations of each clip (what a siamese "
+                        "model with a tag branch scores from a store; about 1 s of a core per 30 s clip)")
     add_policy_arguments(p)
 
 
@@ -82,7 +87,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     if not 1.0 <= args.segment_s <= 120.0:
         raise SystemExit(f"mels: --segment-s must be between 1 and 120 seconds, got {args.segment_s}")
     run(args.manifest, args.store, MelConfig(segment_s=args.segment_s), batch_size=args.batch_size,
-        block_size=args.block_size, policy=policy_from_args(args, args.manifest))
+        block_size=args.block_size, policy=policy_from_args(args, args.manifest), tags=args.tags)
     return 0
 
 

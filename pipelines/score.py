@@ -205,27 +205,34 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
                     policy: InputPolicy | None = None) -> pa.Table:
     """Ray Data task for a model on log-mel segments: its segment of each row, from the row's ``audio_uri``
     (``source="audio"``, computed as ``hitmusic mels`` does, same errors) or from a mel store's row
-    (``source="store"``), and its metadata columns when the batch has them (else imputed); then scored. A row
-    without a segment keeps its place with the reason in ``error``."""
-    from hitmodels import melstore
+    (``source="store"``); the tagger's ``tag_*`` columns the model takes, computed from the same decode (or read
+    from a store made with ``--tags``); its other metadata columns when the batch has them (else imputed); then
+    scored. A row without a segment or tags keeps its place with the reason in ``error``."""
+    from hitmodels import features, melstore
 
     model = cached_model(ref, tracking_uri)
     df = batch.to_pandas()
     segment = model.segment
+    tagged = features.tagger_columns(model.columns[1:])
     if source == "audio":
-        rows = [melstore.mel_row(t, u, model.mel_config, policy) for t, u in zip(df["track_id"], df["audio_uri"])]
+        rows = melstore.mel_rows(list(zip(df["track_id"], df["audio_uri"])), model.mel_config, policy, bool(tagged))
         errors = [f"audio: {r['error']}" if r["error"] else None for r in rows]
         segments = [r.get(segment) or r.get("mid30") for r in rows]
+        frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
+        for c in tagged:
+            frame[c] = [r.get(c, np.nan) for r in rows]
     else:
         # pandas reads Arrow's nulls as NaN in text columns and None in binary ones
         errors = [f"mel store: {e}" if isinstance(e, str) and e else None for e in df["error"]]
         hl = df["hl30"] if "hl30" in df else pd.Series([None] * len(df))
         segments = [h if isinstance(h, bytes) else m for h, m in zip(hl, df["mid30"])]
-    frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
-    tags = [c for c in model.columns[1:] if c in df]
-    if tags:  # metadata columns checked as the feature-row path checks them: a bad value fails its row only
-        values, value_errors = feature_matrix(batch, tags)
-        frame[tags] = values
+        frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
+        for c in tagged:  # the job checked that the store has them
+            frame[c] = df[c].to_numpy(dtype=np.float64)
+    meta = [c for c in model.columns[1:] if c in df and c not in tagged]
+    if meta:  # metadata columns checked as the feature-row path checks them: a bad value fails its row only
+        values, value_errors = feature_matrix(batch, meta)
+        frame[meta] = values
         errors = [e or v for e, v in zip(errors, value_errors)]
     for c in model.columns[1:]:
         if c not in frame:
@@ -399,6 +406,7 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
     manifest (segments computed per row)."""
     import ray
 
+    from hitmodels import features
     from hitmodels.melstore import MelStore, is_store
 
     if is_store(table):
@@ -406,10 +414,15 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
         if store.config != model.mel_config:
             raise ValueError(f"{table} holds segments computed with other settings ({store.config}) than "
                              f"{ref.uri} was trained on ({model.mel_config})")
+        tagged = features.tagger_columns(model.columns[1:])
+        if tagged and not store.tags:
+            raise ValueError(f"{ref.uri} takes the tagger's {len(tagged)} tag_* columns and the mel store {table} "
+                             "has none: rebuild it with hitmusic mels --tags, or score the audio manifest (the tags "
+                             "are then computed per track)")
         if not store.files:
             raise ValueError(f"the mel store {table} holds no segments yet")
         # only the segment the model takes (hl30 is null where it is mid30's): half a store's bytes for mid30
-        columns = ["track_id", "error", "mid30"] + (["hl30"] if model.segment == "hl30" else [])
+        columns = ["track_id", "error", "mid30"] + (["hl30"] if model.segment == "hl30" else []) + tagged
         source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns)
     elif "audio_uri" in have:
         fs, path = filesystem(table)

@@ -250,18 +250,26 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSe
     return row
 
 
-def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segment: str) -> bytes:
+def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segment: str,
+                      tags: bool = False) -> tuple[bytes, dict[str, float]]:
     """The ``segment`` (``hl30`` or ``mid30``) of an uploaded file as the mel store keeps it (float16 bytes),
-    computed with the served model's :class:`~hitmodels.config.MelConfig`; 422 naming the file and the reason
-    if the audio is unusable or longer than ``max_duration_s``."""
-    from hitmodels import audio, melstore
+    computed with the served model's :class:`~hitmodels.config.MelConfig`, and with ``tags`` the tagger's
+    ``tag_*`` activations of the file (one decode for both, as ``hitmusic mels --tags``); 422 naming the file
+    and the reason if the audio is unusable or longer than ``max_duration_s``."""
+    from hitmodels import audio, features, melstore
 
+    rates = (cfg.sr, features.tag_sr()) if tags else (cfg.sr,)
     try:
-        y, sr = audio.decode(data, cfg.sr, name=name, max_duration_s=settings.max_duration_s)
-        audio.check_usable(y, sr, melstore.audio_config(cfg), name=name)
+        loaded = audio.decode_rates(data, rates, name=name, max_duration_s=settings.max_duration_s)
+        audio.check_usable(*loaded[0], melstore.audio_config(cfg), name=name)
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    return melstore.segment_bytes(y, sr, cfg, segment)
+    values: dict[str, float] = {}
+    if tags:
+        values = features.tag_rows([loaded[1][0]], features.TAGGED)[0]
+        if isinstance(values, str):
+            raise RuntimeError(values)
+    return melstore.segment_bytes(*loaded[0], cfg, segment), values
 
 
 def short_reason(exc: Exception) -> str:
@@ -349,6 +357,12 @@ class ModelHolder:
                 "registered": _iso(mv.creation_timestamp), "created": mv.creation_timestamp,
                 "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")}}
         columns = model.columns
+        from hitmodels import features
+
+        if (model.feature_config.tags if kind == "rows" else features.tagger_columns(columns)):
+            # a version whose /predict/audio needs the tagger loads it now: a missing wheel or a corrupt
+            # checkpoint keeps the previous version serving (or fails the start), not every upload with a 500
+            features.load_tagger()
         return Served(name, version, model, list(columns), {
             **info, "family": model.family, "input": kind, "config": model.config, "outputs": list(model.outputs),
             "n_features": len(columns)}, kind)
@@ -504,21 +518,26 @@ class HitMusicService:
 
     async def _answer_mel(self, served: Served, data: bytes, name: str, meta: dict, track_id: str) -> Response:
         """``/predict/audio`` for a model on log-mel segments: the segment it was trained on, computed as
-        ``hitmusic mels`` does, plus the metadata (tag) columns it takes."""
+        ``hitmusic mels`` does, the tagger's columns it takes computed from the same file, plus the metadata
+        columns it takes (given or imputed)."""
         import pandas as pd
 
+        from hitmodels import features
         from hitmodels.melstore import MEL_COLUMN
 
         model = served.model
         columns = served.columns[1:]
-        unknown = sorted(set(meta) - set(columns))
-        if unknown:
-            raise HTTPException(422, detail=[{"loc": ["body", "metadata", k], "msg": "unknown field"} for k in unknown])
+        tagged = features.tagger_columns(columns)
+        problems = [{"loc": ["body", "metadata", k], "msg": "unknown field"} for k in sorted(set(meta) - set(columns))]
+        problems += [{"loc": ["body", "metadata", k], "msg": "computed from the file by the tagger; do not send it"}
+                     for k in sorted(set(meta) & set(tagged))]
+        if problems:
+            raise HTTPException(422, detail=problems)
         if meta:
             validate_rows([meta], list(meta), 1)
-        segment = await asyncio.to_thread(audio_mel_segment, data, name, self.settings, model.mel_config,
-                                          model.segment)
-        frame = pd.DataFrame([{MEL_COLUMN: segment, **{c: meta.get(c, float("nan")) for c in columns}}])
+        segment, tags = await asyncio.to_thread(audio_mel_segment, data, name, self.settings, model.mel_config,
+                                                model.segment, bool(tagged))
+        frame = pd.DataFrame([{MEL_COLUMN: segment, **{c: tags.get(c, meta.get(c, float("nan"))) for c in columns}}])
         out = await asyncio.to_thread(model.predict, None, frame)
         self.requests_direct += 1
         return Response(orjson.dumps({"model_name": served.name, "model_version": served.version,
