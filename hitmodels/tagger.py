@@ -49,6 +49,8 @@ BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
 # What this port was written against; the wheel's configuration.py must agree (checked when it is read).
 EXPECTED = {"SR": 16000, "FFT_HOP": 256, "FFT_SIZE": 512, "N_MELS": 96}
 PATCH_FRAMES = 187  # librosa.time_to_frames(3 s, sr=16000, n_fft=512, hop_length=256) + 1, as musicnn computes
+TEMPORAL_BLOCK = 8  # outputs per row of the front-end's products (see MusicnnMTT.frontend), measured best
+TIMBRAL_BLOCK = 4  # (benchmarks/bench_tagger.py) of 1-32 and 1-4
 MAX_PATCHES_PER_BATCH = 16  # a forward pass holds ~23 MB of windows and maps per patch: ~0.4 GB at 16
 
 
@@ -203,18 +205,29 @@ class MusicnnMTT(nn.Module):
         x = x * scale + shift
         B, T, Fq = x.shape
         feats = []
-        padded = F.pad(x, (0, 0, 3, 3))  # time only: the timbral maps are max-pooled over all frequency
+        # time padded only: the timbral maps are max-pooled over all (valid) frequencies; blocked as the
+        # temporal products below, TIMBRAL_BLOCK frequencies per row (the zeros past F feed only outputs
+        # that are cut off before the max)
+        Lf = TIMBRAL_BLOCK
         for conv, bn in zip(self.timbral, self.timbral_bn):
             kh, kw = conv.kernel_size
-            win = _windows(padded, (kh, kw), (1, 2))  # (B * T * (F - kw + 1), kh * kw)
-            feats.append(_relu_bn_max(win, (B, T, Fq - kw + 1), 2, conv, bn))
-        # frequency-major, and the three kernels' windows share one array: a "same" window of 64 or 32 lies
-        # inside the one of 128 (at offset 32 or 48), the odd sample after the centre as TensorFlow pads
-        longest = max(self.TEMPORAL)
-        win = _windows(F.pad(x.transpose(1, 2), _same_pad(longest)), (longest,), (2,))  # (B * F * T, 128)
+            n = -(-(Fq - kw + 1) // Lf)
+            padded = F.pad(x, (0, n * Lf - (Fq - kw + 1), 3, 3))
+            win = _windows(padded, (kh, kw + Lf - 1), (1, 2), Lf)  # (B * T * n, kh * (kw + Lf - 1))
+            feats.append(_relu_bn_max(win, (B, T, n * Lf), 2, conv, bn, block=Lf, keep=Fq - kw + 1))
+        # frequency-major; one zero-padded series serves the three kernels: a "same" window of 64 or 32 lies
+        # inside the one of 128 (at offset 32 or 48), the odd sample after the centre as TensorFlow pads. Each
+        # kernel runs block-Toeplitz (see _block_kernel): windows of k + L - 1 samples every L steps, L outputs
+        # per row, so the product is L x 51 wide instead of 51 (BLAS is ~3x faster on it) and the windows
+        # are L times fewer, for (k + L - 1) / k times the multiply-adds.
+        L, longest = TEMPORAL_BLOCK, max(self.TEMPORAL)
+        n = -(-T // L)
+        left, right = _same_pad(longest)
+        series = F.pad(x.transpose(1, 2), (left, right + n * L - T))  # (B, F, n L + 127)
         for conv, bn, k in zip(self.temporal, self.temporal_bn, self.TEMPORAL):
-            start = _same_pad(longest)[0] - _same_pad(k)[0]
-            feats.append(_relu_bn_max(win[:, start:start + k], (B, Fq, T), 1, conv, bn))
+            start = left - _same_pad(k)[0]
+            win = _windows(series[:, :, start:start + (n - 1) * L + k + L - 1], (k + L - 1,), (2,), L)
+            feats.append(_relu_bn_max(win, (B, Fq, n * L), 1, conv, bn, block=L, keep=T))
         return torch.cat(feats, dim=2)
 
     def midend_features(self, front: torch.Tensor) -> torch.Tensor:
@@ -255,32 +268,62 @@ def _kernel(conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
     return conv.weight.detach().reshape(conv.out_channels, -1)
 
 
-def _windows(x: torch.Tensor, size: tuple[int, ...], axes: tuple[int, ...]) -> torch.Tensor:
-    """Every stride-1 window of ``size`` along ``axes`` of ``x``, one per row: ``(n_windows, prod(size) x
-    remaining trailing dims)`` contiguous, rows in the order of the window positions and the window's own
-    dims last (``numpy.lib.stride_tricks.sliding_window_view``'s order, which is ``Tensor.unfold``'s)."""
-    if x.device.type == "cpu":
+def _through_numpy(x: torch.Tensor) -> bool:
+    """Whether the windows and products of ``x`` go through NumPy (the CPU) or torch (a GPU)."""
+    return x.device.type == "cpu"
+
+
+def _windows(x: torch.Tensor, size: tuple[int, ...], axes: tuple[int, ...], step: int = 1) -> torch.Tensor:
+    """Every window of ``size`` along ``axes`` of ``x`` (stride 1, or ``step`` along the last axis), one per
+    row: ``(n_windows, prod(size) x remaining trailing dims)`` contiguous, rows in the order of the window
+    positions and the window's own dims last (``numpy.lib.stride_tricks.sliding_window_view``'s order,
+    which is ``Tensor.unfold``'s)."""
+    if _through_numpy(x):
         w = np.lib.stride_tricks.sliding_window_view(x.detach().numpy(), size, axis=axes)
+        if step > 1:
+            w = w[(slice(None),) * axes[-1] + (slice(None, None, step),)]
         lead = w.shape[: x.dim()]
         return torch.from_numpy(np.ascontiguousarray(w).reshape(int(np.prod(lead[:axes[-1] + 1])), -1))
     w = x
-    for size_i, axis in zip(size, axes):
-        w = w.unfold(axis, size_i, 1)
+    for i, (size_i, axis) in enumerate(zip(size, axes)):
+        w = w.unfold(axis, size_i, step if i == len(axes) - 1 else 1)
     lead = w.shape[: x.dim()]
     return w.reshape(int(np.prod(lead[:axes[-1] + 1])), -1)
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for 2-D ``a``, ``b``; through NumPy's BLAS on the CPU (see the note in MusicnnMTT)."""
-    if a.device.type == "cpu":
+    if _through_numpy(a):
         return torch.from_numpy(np.matmul(a.detach().numpy(), b.detach().numpy()))
     return a @ b
 
 
+def _window_kernel(conv: nn.Conv2d) -> torch.Tensor:
+    """A front-end kernel in its windows' layout: ``(out, kh, kw)`` for the timbral ones (one input channel),
+    ``(out, k)`` for the temporal ones (``k x 1``, windows along time only)."""
+    w = conv.weight.detach()[:, 0]
+    return w[..., 0] if w.shape[-1] == 1 else w
+
+
+def _block_kernel(kernel: torch.Tensor, block: int) -> torch.Tensor:
+    """A convolution's ``(out, ..., k)`` kernel as the ``(... x (k + block - 1), block x out)`` matrix that
+    maps one window of ``k + block - 1`` samples along the last axis to ``block`` consecutive outputs along it
+    (column ``l x out + c`` holds output channel ``c`` at offset ``l``): a block of a Toeplitz matrix, zero
+    off its band."""
+    out, *lead, k = kernel.shape
+    blocked = kernel.new_zeros(*lead, k + block - 1, block, out)
+    moved = kernel.permute(*range(1, kernel.dim()), 0)  # (..., k, out)
+    for offset in range(block):
+        blocked[..., offset:offset + k, offset, :] = moved
+    return blocked.reshape(-1, block * out)
+
+
 def _relu_bn_max(win: torch.Tensor, lead: tuple[int, int, int], axis: int, conv: nn.Conv2d,
-                 bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+                 bn: nn.modules.batchnorm._BatchNorm, block: int = 1, keep: int | None = None) -> torch.Tensor:
     """``max over frequency of BN(ReLU(conv))`` of a front-end convolution from its windows ``(prod(lead),
-    k)``, whose rows are the positions ``lead`` (batch and time, frequency at ``axis``): ``(B, T, C)``.
+    k)``, whose rows are the positions ``lead`` (batch and time, frequency at ``axis``): ``(B, T, C)``. With
+    ``block``, the windows are :func:`_block_kernel`'s, ``block`` positions of the last axis per row, of
+    which the first ``keep`` are kept.
 
     Computed with one product and one max-reduction: ReLU is monotone and inference batch normalisation is
     ``s x + shift`` per channel, so the max over frequency of BN(ReLU(z)) is BN(ReLU(max z)) where ``s >= 0``
@@ -288,7 +331,12 @@ def _relu_bn_max(win: torch.Tensor, lead: tuple[int, int, int], axis: int, conv:
     weights. The activation map is never normalised or rectified element by element."""
     scale, shift = _affine(bn)
     sign = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)
-    z = _matmul(win, (_kernel(conv) * sign[:, None]).T).reshape(*lead, conv.out_channels)
+    kernel = _window_kernel(conv)
+    kernel = kernel * sign.view(-1, *[1] * (kernel.dim() - 1))
+    kernel = _block_kernel(kernel, block) if block > 1 else kernel.reshape(conv.out_channels, -1).T
+    z = _matmul(win, kernel).reshape(*lead, conv.out_channels)
+    if keep is not None:
+        z = z[:, :, :keep]
     extreme = sign * (z.amax(dim=axis) + conv.bias * sign)  # the max (s >= 0) or the min (s < 0) over F
     return F.relu(extreme) * scale + shift
 

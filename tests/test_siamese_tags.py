@@ -127,3 +127,16 @@ def test_siamese_with_tag_branch_scored_from_store_audio_and_serve(tagged, tiny_
         from ray import serve
 
         serve.delete("siamese-tags")
+
+
+def test_serve_feature_row_of_an_upload_carries_the_batch_tags(tiny_catalogue):
+    """/predict/audio of a row model trained on tagged rows: the replica's row equals the extraction's."""
+    from serve.app import audio_feature_row
+
+    uri = pd.read_parquet(tiny_catalogue["manifest"])["audio_uri"][0]
+    with open(uri, "rb") as f:
+        online = audio_feature_row(f.read(), "clip.wav", "", cfg=features.TAGGED)
+    batch = features.extract_rows([("t", uri, "")], features.TAGGED)[0]
+    names = features.feature_names(features.TAGGED)
+    assert set(names) <= set(online) and batch["error"] is None
+    np.testing.assert_allclose([online[n] for n in names], [batch[n] for n in names], rtol=1e-6, atol=1e-9)

@@ -74,8 +74,11 @@ def test_missing_wheel_is_a_clear_error(tmp_path, monkeypatch):
         tagger.musicnn_spec(tagger.musicnn_dir())
 
 
-def test_fast_forward_equals_the_plain_convolutions():
-    """The windowed-product forward (and its max/min trick for negative batch-norm scales) is the network."""
+@pytest.mark.parametrize("through", ["numpy", "torch"])
+def test_fast_forward_equals_the_plain_convolutions(through, monkeypatch):
+    """The windowed-product forward (its block-Toeplitz products, its max/min trick for negative batch-norm
+    scales) is the network, on the CPU's NumPy path and on the torch path a GPU takes (run here on the CPU)."""
+    monkeypatch.setattr(tagger, "_through_numpy", lambda x: through == "numpy")
     torch.manual_seed(0)
     m = tagger.MusicnnMTT()
     with torch.no_grad():
