@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import io
+import re
 import tempfile
 import threading
 from functools import lru_cache, wraps
@@ -134,7 +135,10 @@ def decode(data: bytes, sr: int | None = None, name: str = "audio",
     except AudioError:
         raise
     except Exception as exc:  # libsndfile raises LibsndfileError, RuntimeError or TypeError by format
-        raise AudioError("undecodable", f"{name}: {exc}") from exc
+        # its message names the in-memory buffer ("Error opening <_io.BytesIO object at 0x...>: ..."): the
+        # user's file is ``name``, and the object's address is noise
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+        raise AudioError("undecodable", f"{name}: {reason or type(exc).__name__}") from exc
     if n > limit:  # a stream that did not say its length up front
         raise AudioError("too_long", f"{name} lasts more than the {max_duration_s:.0f} s allowed")
     y = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)

@@ -150,8 +150,9 @@ class InputPolicy:
     def default(cls, extra_roots: tuple[str | Path, ...] = (), cwd: bool = False, **overrides) -> "InputPolicy":
         """``$HITMUSIC_HOME``, ``extra_roots`` (and the current directory with ``cwd=True``), plus what
         the environment allows: the policy of a library call that names no manifest."""
-        roots = (str(default_home()), *([str(Path.cwd())] if cwd else []), *map(str, extra_roots),
-                 *_env_list("HITMUSIC_ALLOWED_ROOTS", os.pathsep))
+        # resolved here, where they were given: a job checks them in Ray workers, in another directory
+        roots = (str(default_home()), *([str(Path.cwd())] if cwd else []),
+                 *(str(Path(r).resolve()) for r in (*extra_roots, *_env_list("HITMUSIC_ALLOWED_ROOTS", os.pathsep))))
         fields = dict(local_roots=tuple(dict.fromkeys(roots)), s3_buckets=_env_list("HITMUSIC_ALLOWED_S3_BUCKETS"),
                       http_hosts=_env_list("HITMUSIC_ALLOWED_HTTP_HOSTS"),
                       allow_private_http=os.environ.get("HITMUSIC_ALLOW_PRIVATE_HTTP", "") == "1")

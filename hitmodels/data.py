@@ -142,6 +142,12 @@ def _validators(kind: str):
     return {}
 
 
+# The columns each SPD table must have for the model table (others are optional: their features become NaN)
+REQUIRED_COLUMNS = {"tracks": ("id", "artists_id", "available_markets", "album_id"),
+                    "artists": ("id", "artist_popularity", "followers", "genres"),
+                    "albums": ("id", "release_date")}
+
+
 def read_spd_csv(path: str | Path, kind: str) -> TableRead:
     """Read one SPD CSV (``kind``: tracks, artists, albums or lyrics_features) record by record.
 
@@ -157,7 +163,16 @@ def read_spd_csv(path: str | Path, kind: str) -> TableRead:
         try:
             header = next(reader)
         except StopIteration:
+            if kind == "tracks":
+                raise ValueError(f"{path} is empty: an SPD tracks table needs a header with "
+                                 f"{', '.join(REQUIRED_COLUMNS[kind])}")
             return TableRead(pd.DataFrame())
+        missing = [c for c in REQUIRED_COLUMNS.get(kind, ()) if c not in header]
+        if missing:
+            raise ValueError(f"{path} has no {', '.join(repr(c) for c in missing)} column"
+                             f"{'s' if len(missing) > 1 else ''}: an SPD {kind} table needs "
+                             f"{', '.join(REQUIRED_COLUMNS[kind])} (its header: {', '.join(header[:12]) or 'empty'}"
+                             f"{', ...' if len(header) > 12 else ''})")
         width = len(header)
         while True:
             try:
@@ -286,8 +301,42 @@ def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
     return out.drop_duplicates("track_id").reset_index(drop=True)
 
 
+MAX_MANIFEST_BYTES = 2 * 2**30  # a CSV manifest is scanned for bad bytes in memory before pandas reads it
+
+
+def invalid_utf8_lines(data: bytes) -> list[int]:
+    """1-based physical line numbers of ``data`` holding bytes that are not UTF-8."""
+    bad = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(number)
+    return bad
+
+
+def _warn_invalid_utf8(path: Path) -> None:
+    import sys
+
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest {path} is {size / 2**30:.1f} GB, over the {MAX_MANIFEST_BYTES / 2**30:.0f} GB a "
+                         "CSV manifest may be; split it, or write it as Parquet")
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    lines = invalid_utf8_lines(data)
+    shown = ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")
+    print(f"manifest {path}: bytes that are not UTF-8 on line(s) {shown}; read as U+FFFD (a lyric keeps the rest "
+          "of its text, a URI with them will not be found)", file=sys.stderr)
+
+
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A feature-extraction manifest: columns ``track_id``, ``audio_uri`` and optional ``lyrics``.
+    """A feature-extraction manifest: columns ``track_id``, ``audio_uri`` and optional ``lyrics``; a relative
+    local ``audio_uri`` is relative to the manifest's directory (:func:`absolute_uri`).
 
     Accepts Parquet or CSV, or an SPD directory (audio from ``Audio/<track_id>.*`` when present, otherwise
     each track's ``preview_url``).
@@ -300,21 +349,34 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df = pd.DataFrame({
             "track_id": cat.tracks["id"].astype(str),
             "audio_uri": [local.get(i, u if isinstance(u, str) else "")
-                          for i, u in zip(cat.tracks["id"], cat.tracks["preview_url"])],
-            "lyrics": cat.tracks["lyrics"].fillna("").astype(str),
+                          for i, u in zip(cat.tracks["id"], cat.tracks.get("preview_url", [""] * len(cat.tracks)))],
+            "lyrics": cat.tracks.get("lyrics", pd.Series([""] * len(cat.tracks))).fillna("").astype(str),
         })
         return df.drop_duplicates("track_id").reset_index(drop=True)
     if path.suffix == ".parquet" or path.is_dir():
         df = pd.read_parquet(path)
     else:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        _warn_invalid_utf8(path)
+        # one row of bad bytes must not refuse the catalogue: they become U+FFFD (the warning names the lines)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="replace")
     missing = {"track_id", "audio_uri"} - set(df.columns)
     if missing:
         raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; it needs track_id and audio_uri")
     if "lyrics" not in df:
         df["lyrics"] = ""
     df["lyrics"] = df["lyrics"].fillna("").astype(str)
+    base = path.resolve().parent
+    df["audio_uri"] = [absolute_uri(u, base) for u in df["audio_uri"]]
     return df[["track_id", "audio_uri", "lyrics"]].reset_index(drop=True)
+
+
+def absolute_uri(uri, base: Path):
+    """A manifest's relative local path made absolute against the manifest's directory ``base``, here on the
+    driver: a Ray worker's working directory is not the user's. URIs with a scheme, absolute paths and
+    missing values are unchanged."""
+    if not isinstance(uri, str) or not uri or "://" in uri or uri.startswith("file:") or Path(uri).is_absolute():
+        return uri
+    return str(base / uri)
 
 
 def build_model_table(features: pd.DataFrame, cat: SPDCatalogue) -> pd.DataFrame:

@@ -28,8 +28,17 @@ TAGGED = FeatureConfig(tags=True)  # the settings under which tag columns exist 
 
 
 def tagger_columns(columns) -> list[str]:
-    """The tagger's ``tag_<label>`` columns among a model's ``columns``: computed from the audio, never imputed."""
-    return [c for c in columns if c.startswith("tag_")]
+    """The tagger's ``tag_<label>`` columns among a model's or a table's ``columns``: computed from the audio,
+    never imputed. A ``tag_*`` column the tagger does not produce is refused (``ValueError``): it could only
+    ever be imputed."""
+    tagged = [c for c in columns if c.startswith("tag_")]
+    if tagged:
+        known = set(tag_names(TAGGED))
+        unknown = [c for c in tagged if c not in known]
+        if unknown:
+            raise ValueError(f"column(s) {unknown[:5]} are named like the tagger's tag_<label> columns but it has no "
+                             "such label: rename them (tag_* is reserved for the tagger)")
+    return tagged
 
 
 def tag_names(cfg: FeatureConfig = FeatureConfig()) -> tuple[str, ...]:

@@ -160,7 +160,8 @@ def record_config(uri: str | Path, cfg: MelConfig, tags: bool = False) -> None:
         return
     fs.create_dir(root, recursive=True)
     with fs.open_output_stream(path) as f:
-        f.write(json.dumps({**asdict(cfg), "tags": tags}).encode())
+        # the key only when true: a store without tags stays readable by versions from before tags existed
+        f.write(json.dumps({**asdict(cfg), **({"tags": True} if tags else {})}).encode())
 
 
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
@@ -201,12 +202,15 @@ class MelStore:
         self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:
-        """Every track's row without the segments: track_id, error, duration and segment starts."""
+        """Every track's row without the segments: track_id, error, duration and segment starts (its error-free
+        row if it has one, else its last failure)."""
         cols = [n for n in SCHEMA.names if n not in SEGMENTS]
         if not self.files:
             return pd.DataFrame(columns=cols)
-        return pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas() \
-            .drop_duplicates("track_id").reset_index(drop=True)
+        from .attempts import latest  # a resumed run appends a retried track's new row beside the failed one
+
+        rows = pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas()
+        return latest(rows).drop(columns="attempts")
 
     def load(self, track_ids, segment: str = "hl30") -> tuple[np.ndarray, np.ndarray]:
         """``(segments (n, n_mels, n_frames) float16, found (n,) bool)`` for ``track_ids`` in their order;
@@ -261,6 +265,11 @@ def attach(table: pd.DataFrame, store: str | Path, segment: str, max_gb: float |
     arr, found = st.load(table["track_id"].astype(str).tolist(), segment)
     out = table[found].reset_index(drop=True).copy()
     out[MEL_COLUMN] = [encode(a) for a in arr[found]]
+    if st.tags and not any(c.startswith("tag_") for c in out.columns):
+        # not merged in: --no-tag-columns must be able to leave them out, and a table says what a model learns
+        print(f"mels: {store} holds the tagger's tag_* columns but the table has none; a tag branch trains on the "
+              "genre_* descriptors (build the table from hitmusic extract --tags to train it on the tags)",
+              file=sys.stderr)
     if (~found).any():
         print(f"mels: {int((~found).sum())} of {len(table)} tracks have no {segment} segment in {store}; left out",
               file=sys.stderr)

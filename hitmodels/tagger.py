@@ -50,8 +50,8 @@ BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
 EXPECTED = {"SR": 16000, "FFT_HOP": 256, "FFT_SIZE": 512, "N_MELS": 96}
 PATCH_FRAMES = 187  # librosa.time_to_frames(3 s, sr=16000, n_fft=512, hop_length=256) + 1, as musicnn computes
 TEMPORAL_BLOCK = 8  # outputs per row of the front-end's products (see MusicnnMTT.frontend), measured best
-TIMBRAL_BLOCK = 4  # (benchmarks/bench_tagger.py) of 1-32 and 1-4
-MAX_PATCHES_PER_BATCH = 16  # a forward pass holds ~23 MB of windows and maps per patch: ~0.4 GB at 16
+TIMBRAL_BLOCK = 4  # (bench_tagger.py's per-clip time, with 1-32 and 1-8 tried)
+MAX_PATCHES_PER_BATCH = 16  # a forward pass holds ~15 MB of windows and maps per patch (by their shapes): ~0.25 GB
 
 
 class TaggerUnavailable(RuntimeError):
@@ -355,28 +355,35 @@ def multiply_adds(m: MusicnnMTT, n_frames: int = PATCH_FRAMES, n_mels: int = 96)
     return total + m.dense.in_features * m.dense.out_features + m.out.in_features * m.out.out_features
 
 
+def _plain_bn(mod: nn.modules.batchnorm._BatchNorm, z: torch.Tensor) -> torch.Tensor:
+    return F.batch_norm(z, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
+
+
+def plain_frontend(m: MusicnnMTT, x: torch.Tensor) -> torch.Tensor:
+    """:meth:`MusicnnMTT.frontend` written plainly with torch's ``conv2d``, NCHW: ``(B, T, F)`` ->
+    ``(B, 561, T)``."""
+    x = _plain_bn(m.bn_input, x.unsqueeze(1))  # (B, 1, T, F)
+    feats = []
+    for conv, b in zip(m.timbral, m.timbral_bn):
+        feats.append(_plain_bn(b, F.relu(F.conv2d(F.pad(x, (0, 0, 3, 3)), conv.weight, conv.bias))).amax(dim=3))
+    for conv, b, k in zip(m.temporal, m.temporal_bn, m.TEMPORAL):
+        z = F.conv2d(F.pad(x, (0, 0, (k - 1) // 2, k // 2)), conv.weight, conv.bias)
+        feats.append(_plain_bn(b, F.relu(z)).amax(dim=3))
+    return torch.cat(feats, dim=1)
+
+
 def plain_forward(m: MusicnnMTT, x: torch.Tensor) -> torch.Tensor:
     """The network written plainly with torch's own convolutions, NCHW, as musicnn's graph reads: the
     reference the fast forward is tested against and the peer benchmarks/bench_tagger.py times it against."""
-    def bn(mod, z):
-        return F.batch_norm(z, mod.running_mean, mod.running_var, mod.weight, mod.bias, False, 0.0, mod.eps)
-
-    x = bn(m.bn_input, x.unsqueeze(1))  # (B, 1, T, F)
-    feats = []
-    for conv, b in zip(m.timbral, m.timbral_bn):
-        feats.append(bn(b, F.relu(F.conv2d(F.pad(x, (0, 0, 3, 3)), conv.weight, conv.bias))).amax(dim=3))
-    for conv, b, k in zip(m.temporal, m.temporal_bn, m.TEMPORAL):
-        z = F.conv2d(F.pad(x, (0, 0, (k - 1) // 2, k // 2)), conv.weight, conv.bias)
-        feats.append(bn(b, F.relu(z)).amax(dim=3))
-    h = torch.cat(feats, dim=1)  # (B, 561, T)
+    h = plain_frontend(m, x)  # (B, 561, T)
     maps = [h]
     for i, (conv, b) in enumerate(zip(m.midend, m.midend_bn)):
-        z = bn(b, F.relu(F.conv1d(F.pad(h, (3, 3)), conv.weight, conv.bias)))
+        z = _plain_bn(b, F.relu(F.conv1d(F.pad(h, (3, 3)), conv.weight, conv.bias)))
         h = z if i == 0 else z + h
         maps.append(h)
     feats = torch.cat(maps, dim=1)
     pooled = torch.stack([feats.amax(dim=2), feats.mean(dim=2)], dim=2).flatten(1)
-    return torch.sigmoid(m.out(bn(m.bn_dense, F.relu(m.dense(bn(m.bn_pool, pooled))))))
+    return torch.sigmoid(m.out(_plain_bn(m.bn_dense, F.relu(m.dense(_plain_bn(m.bn_pool, pooled))))))
 
 
 def _tf_names(model: MusicnnMTT) -> list[tuple[str, nn.Module]]:

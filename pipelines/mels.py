@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from hitmodels import melstore
+from hitmodels import attempts, melstore
 from hitmodels.config import InputPolicy, MelConfig
 from hitmodels.data import read_manifest
 from hitmodels.entry import module_main
@@ -53,9 +53,12 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
     melstore.record_config(store, cfg, tags)
     melstore.readable_parts(*filesystem(store), quarantine=True)  # a part cut short by a killed run: redo it
     df = read_manifest(manifest).drop_duplicates("track_id")
-    done = set(melstore.MelStore(store).index()["track_id"])
+    index = melstore.MelStore(store).index()
+    done = attempts.done_ids(index)  # failed tracks (a transient fetch_failed) are tried again
     todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
-    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do", file=sys.stderr)
+    retried = int(todo["track_id"].isin(set(index["track_id"])).sum())
+    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do"
+          + (f" ({retried} of them failed before and are tried again)" if retried else ""), file=sys.stderr)
     if len(todo):
         chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
         ds = ray.data.from_pandas(chunks).map_batches(
@@ -79,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"segment length in seconds (default {c.segment_s:.0f}: {c.n_frames} frames)")
     p.add_argument("--tags", action="store_true",
                    help="also store the pretrained tagger's 50 tag_<label> activations of each clip (what a siamese "
-                        "model with a tag branch scores from a store; about 1 s of a core per 30 s clip)")
+                        "model with a tag branch scores from a store; about 0.43 s of a core per 30 s clip; "
+                        "training takes its tags from the model table, hitmusic extract --tags)")
     add_policy_arguments(p)
 
 

@@ -33,6 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from hitmodels import attempts
 from hitmodels.entry import module_main
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -216,7 +217,8 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
     tagged = features.tagger_columns(model.columns[1:])
     if source == "audio":
         rows = melstore.mel_rows(list(zip(df["track_id"], df["audio_uri"])), model.mel_config, policy, bool(tagged))
-        errors = [f"audio: {r['error']}" if r["error"] else None for r in rows]
+        errors = [None if not r["error"] else f"tags: {r['error']}" if r["error"].startswith("internal: tagger")
+                  else f"audio: {r['error']}" for r in rows]
         segments = [r.get(segment) or r.get("mid30") for r in rows]
         frame = pd.DataFrame({melstore.MEL_COLUMN: segments})
         for c in tagged:
@@ -297,7 +299,8 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 
 
 def scored(out_dir: str) -> tuple[set[str], set[str]]:
-    """The track_ids already scored in ``out_dir`` and the model versions that scored them. A part file that
+    """The track_ids already scored without an error in ``out_dir`` (a failed row is scored again on resume;
+    :func:`read_scores` then takes its latest attempt) and the model versions that scored them. A part file that
     cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as
     not done, are scored again, and every later read of ``out_dir`` succeeds. Rows without a track_id cannot
     be told apart and are not counted as done."""
@@ -310,8 +313,12 @@ def scored(out_dir: str) -> tuple[set[str], set[str]]:
         if not info.path.endswith(".parquet"):
             continue
         try:
-            part = pq.read_table(info.path, columns=["track_id", "model_version"], filesystem=fs)
-            done.update(t for t in part["track_id"].to_pylist() if t is not None)
+            names = pq.read_schema(info.path, filesystem=fs).names
+            part = pq.read_table(info.path, filesystem=fs,
+                                 columns=["track_id", "model_version"] + (["error"] if "error" in names else []))
+            ids = part.select(["track_id"]).to_pandas()
+            ids["error"] = part["error"].to_pylist() if "error" in names else None
+            done |= attempts.done_ids(ids)  # failed rows are scored again
             versions.update(v for v in part["model_version"].to_pylist() if v is not None)
         except (pa.ArrowException, OSError) as exc:
             target = f"{path}/{QUARANTINE}/{info.base_name}"
@@ -425,6 +432,8 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
         columns = ["track_id", "error", "mid30"] + (["hl30"] if model.segment == "hl30" else []) + tagged
         source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns)
     elif "audio_uri" in have:
+        if features.tagger_columns(model.columns[1:]):
+            features.load_tagger()  # here, before the job: a missing wheel is one clear error, not one per task
         fs, path = filesystem(table)
         source = "audio"
         read = ray.data.read_csv(path, filesystem=fs) if path.endswith(".csv") else \
@@ -449,8 +458,10 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
 
 
 def read_scores(out_dir: str | Path) -> pd.DataFrame:
+    """The scores in ``out_dir``, one row per track (its error-free attempt if any, else its last failure;
+    ``attempts`` counts them) and every row without a track_id."""
     fs, path = filesystem(str(out_dir))
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
+    return attempts.latest(pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -32,14 +32,14 @@ def tag_files(files: list[Path], top: int = 5, device: str = "auto") -> list[dic
     from hitmodels.devices import resolve_device
 
     t = tagger.shared(str(resolve_device(device)))
-    files = [Path(f).resolve() for f in files]
-    policy = InputPolicy(local_roots=tuple(dict.fromkeys(str(f.parent) for f in files)))
+    resolved = [Path(f).resolve() for f in files]
+    policy = InputPolicy(local_roots=tuple(dict.fromkeys(str(f.parent) for f in resolved)))
     cfg = FeatureConfig(sr=t.spec.sr)
     out = []
-    for f in files:
-        result = {"file": str(f), "error": None, "tags": None, "top": None}
+    for f, path in zip(files, resolved):
+        result = {"file": str(f), "error": None, "tags": None, "top": None}  # named as the user named it
         try:
-            y, sr = audio.load(str(f), cfg, policy)
+            y, sr = audio.load(str(path), cfg, policy)
             acts = t.tag(y, sr)
             order = sorted(range(len(acts)), key=lambda i: -acts[i])
             result["tags"] = {t.labels[i]: round(float(acts[i]), 4) for i in range(len(acts))}

@@ -101,17 +101,44 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-def parse_rows(body: bytes) -> list[dict[str, Any]]:
-    """The ``rows`` of a ``/predict`` body, parsed with orjson (JSON parsing is most of a 256-row request's
-    cost with the standard library); bodies using the NaN/Infinity literals Python writes fall back to the
-    standard parser so that validation can name the field. 422 in FastAPI's error shape otherwise."""
+def _parse_int(digits: str) -> int | float:
+    """Integers the standard parser meets: Python's own up to 300 digits (a float64 holds them), else
+    ``float`` (inf), which validation then refuses naming the field, where ``int`` -> float64 would raise."""
+    return int(digits) if len(digits) <= 300 else float(digits)
+
+
+def load_json(body: bytes | str, loc: list) -> Any:
+    """A JSON document, parsed with orjson (JSON parsing is most of a 256-row request's cost with the
+    standard library); documents orjson refuses but Python writes (the NaN/Infinity literals, integers past 64
+    bits) fall back to the standard parser, so that validation can name the field. 422 at ``loc`` in
+    FastAPI's error shape for anything else, a document nested past the parsers' depth included."""
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
-        try:
-            doc = json.loads(body)
-        except ValueError as exc:
-            raise HTTPException(422, detail=[{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
+        pass
+    try:
+        return json.loads(body, parse_int=_parse_int)
+    except RecursionError:
+        raise HTTPException(422, detail=[{"loc": loc, "msg": "invalid JSON: nested too deeply"}])
+    except ValueError as exc:
+        raise HTTPException(422, detail=[{"loc": loc, "msg": f"invalid JSON: {exc}"}])
+
+
+def check_json_content_type(request: Request) -> None:
+    """415 for a body declared as something other than JSON (``text/plain``, a form): the service does not
+    guess. A request without a Content-Type is read as JSON."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, detail=[{"loc": ["header", "content-type"],
+                                          "msg": f"{media or 'empty'}: send the rows as application/json"}])
+
+
+def parse_rows(body: bytes) -> list[dict[str, Any]]:
+    """The ``rows`` of a ``/predict`` body (:func:`load_json`); 422 in FastAPI's error shape otherwise."""
+    doc = load_json(body, ["body"])
     if not isinstance(doc, dict) or "rows" not in doc:
         raise HTTPException(422, detail=[{"loc": ["body", "rows"], "msg": "field required"}])
     rows = doc["rows"]
@@ -242,12 +269,20 @@ def audio_feature_row(data: bytes, name: str, lyric_text: str, settings: ServeSe
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
     row = {**audio.audio_features(*loaded[0], cfg), **lyrics.lyric_features(lyric_text, policy=policy)}
-    if cfg.tags:  # a model trained on tagged rows: the tagger runs in the replica (loaded on first use)
-        tags = features.tag_rows([loaded[1][0]], cfg)[0]
-        if isinstance(tags, str):
-            raise RuntimeError(tags)
-        row.update(tags)
+    if cfg.tags:  # a model trained on tagged rows: the tagger runs in the replica (loaded with the version)
+        row.update(upload_tags(loaded[1][0]))
     return row
+
+
+def upload_tags(y16: np.ndarray) -> dict[str, float]:
+    """The tagger's columns of an upload decoded at its rate; a failure is the service's (500), not the
+    client's: the audio passed every check before it."""
+    from hitmodels import features
+
+    tags = features.tag_rows([y16], features.TAGGED)[0]
+    if isinstance(tags, str):
+        raise RuntimeError(tags)
+    return tags
 
 
 def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segment: str,
@@ -264,12 +299,7 @@ def audio_mel_segment(data: bytes, name: str, settings: ServeSettings, cfg, segm
         audio.check_usable(*loaded[0], melstore.audio_config(cfg), name=name)
     except audio.AudioError as exc:
         raise HTTPException(422, detail=[{"loc": ["body", "file"], "msg": str(exc), "reason": exc.reason}])
-    values: dict[str, float] = {}
-    if tags:
-        values = features.tag_rows([loaded[1][0]], features.TAGGED)[0]
-        if isinstance(values, str):
-            raise RuntimeError(values)
-    return melstore.segment_bytes(*loaded[0], cfg, segment), values
+    return melstore.segment_bytes(*loaded[0], cfg, segment), upload_tags(loaded[1][0]) if tags else {}
 
 
 def short_reason(exc: Exception) -> str:
@@ -418,27 +448,34 @@ class HitMusicService:
         self._stop.set()
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0)  # both set from ServeSettings in __init__
-    async def _predict_batched(self, batches: list[np.ndarray]) -> list[tuple[Served, dict[str, np.ndarray]]]:
-        served = self.holder.served  # one version for the whole batch
-        if served.kind != "rows":  # the alias moved to a model on other input while these rows waited
-            raise HTTPException(503, detail=[{"loc": ["body"], "msg": f"{served.name} now serves version "
-                                              f"{served.version}, which takes audio: retry on /predict/audio"}])
-        # Rows were validated by validate_rows: MLflow's per-call schema enforcement over every column would
-        # only repeat that on the hot path, so the Python model is called directly, on arrays.
-        out = served.model.predict_array(np.concatenate(batches))
-        bounds = np.cumsum([0] + [len(b) for b in batches])
-        return [(served, {k: v[a:b] for k, v in out.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
+    async def _predict_batched(self, items: list[tuple[Served, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Each request's rows scored by the version they were validated against (captured once per request):
+        a hot swap while requests wait in the batcher gives a batch of two versions, scored one product per
+        version, never rows of one version's columns through the other's."""
+        out: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (served, _) in enumerate(items):
+            groups.setdefault(id(served), []).append(i)
+        for members in groups.values():
+            served = items[members[0]][0]
+            # Rows were validated by validate_rows: MLflow's per-call schema enforcement over every column
+            # would only repeat that on the hot path, so the Python model is called directly, on arrays.
+            scores = served.model.predict_array(np.concatenate([items[i][1] for i in members]))
+            bounds = np.cumsum([0] + [len(items[i][1]) for i in members])
+            for i, a, b in zip(members, bounds[:-1], bounds[1:]):
+                out[i] = {k: v[a:b] for k, v in scores.items()}
+        return out
 
-    async def _answer(self, rows: Rows, served: "Served | None" = None) -> Response:
+    async def _answer(self, rows: Rows, served: Served) -> Response:
+        """Score ``rows`` with ``served``, the version whose columns they were validated against."""
         # The batcher pays when requests overlap; a request alone in the replica would only wait out
         # batch_wait_timeout_s for company that is not coming, and the model's ~0.2 ms per call is less than
         # the batcher's own cost, so it is called directly (always so with max_batch_size 1).
         if self.settings.max_batch_size > 1 and self._in_flight > 1:
             self.requests_batched += 1
-            served, out = await self._predict_batched(rows.X)
+            out = await self._predict_batched((served, rows.X))
         else:
             self.requests_direct += 1
-            served = served or self.holder.served  # the version whose input the rows were checked against
             out = served.model.predict_array(rows.X)
         columns = {k: values.tolist() for k, values in out.items()}
         # orjson writes NaN as null and is several times faster than the standard encoder on 256 rows
@@ -479,6 +516,7 @@ class HitMusicService:
                 raise HTTPException(422, detail=[{"loc": ["body"], "msg": (
                     f"{served.name} version {served.version} is a {served.model.family} model on log-mel segments "
                     "of the audio, not on feature rows: POST the audio file to /predict/audio")}])
+            check_json_content_type(request)
             rows = parse_rows(await request.body())
             return await self._answer(validate_rows(rows, served.columns, self.settings.max_rows), served)
         finally:
@@ -493,12 +531,9 @@ class HitMusicService:
         if len(data) > self.settings.max_upload_mb * 2**20:
             raise HTTPException(413, detail=[{"loc": ["body", "file"],
                                               "msg": f"larger than {self.settings.max_upload_mb} MB"}])
-        try:
-            meta = json.loads(metadata or "{}")
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            raise HTTPException(422, detail=[{"loc": ["body", "metadata"], "msg": f"invalid JSON object: {exc}"}])
+        meta = load_json(metadata or "{}", ["body", "metadata"])
+        if not isinstance(meta, dict):
+            raise HTTPException(422, detail=[{"loc": ["body", "metadata"], "msg": "must be a JSON object"}])
         served = self.holder.served
         if served.kind == "mel":
             return await self._answer_mel(served, data, file.filename or "upload", meta, track_id)

@@ -148,14 +148,14 @@ def test_answer_batches_only_requests_that_overlap(monkeypatch):
                         lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=256)))
     svc = HitMusicService.func_or_class.__new__(HitMusicService.func_or_class)
     svc.settings = ServeSettings(max_batch_size=256, batch_wait_timeout_s=0.05)
-    svc.holder = SimpleNamespace(served=Served("m", "7", Model(), ["x"], {}))
+    served = Served("m", "7", Model(), ["x"], {})
     svc._in_flight, svc.requests_batched, svc.requests_direct = 1, 0, 0
     rows = lambda v: Rows(np.array([[v], [v + 1]], dtype=np.float64), ["a", "b"])
 
     async def scenario():
-        alone = await svc._answer(rows(1.0))
+        alone = await svc._answer(rows(1.0), served)
         svc._in_flight = 3  # three requests inside the replica at once
-        together = await asyncio.gather(*(svc._answer(rows(v)) for v in (2.0, 4.0, 6.0)))
+        together = await asyncio.gather(*(svc._answer(rows(v), served) for v in (2.0, 4.0, 6.0)))
         return alone, together
 
     try:

@@ -92,6 +92,10 @@ def test_fast_forward_equals_the_plain_convolutions(through, monkeypatch):
     x = torch.randn(3, tagger.PATCH_FRAMES, 96)
     with torch.inference_mode():
         np.testing.assert_allclose(m(x).numpy(), tagger.plain_forward(m, x).numpy(), atol=2e-5)
+        # the front-end maps themselves, at lengths on and off the blocks (8 time steps, 4 frequencies)
+        for frames in (1, 7, 8, 9, 200):
+            x = torch.randn(2, frames, 96)
+            np.testing.assert_allclose(m.frontend(x).numpy(), tagger.plain_frontend(m, x).transpose(1, 2).numpy(), atol=2e-5, rtol=1e-5)
 
 
 def test_patches_and_short_clips():

@@ -33,8 +33,9 @@ SAMPLINGS = ("none", "naive", "ab", "artist", "ab+artist")
 def tag_columns(columns: list[str]) -> list[str]:
     """The tag branch's inputs among a table's columns: the tagger's ``tag_*`` activations when the table has
     them, else the catalogue's descriptors (the artist's genre families, ``genre_*``)."""
-    tags = [c for c in columns if c.startswith("tag_")]
-    return tags or [c for c in columns if c.startswith("genre_")]
+    from hitmodels.features import tagger_columns
+
+    return tagger_columns(columns) or [c for c in columns if c.startswith("genre_")]
 
 
 def band_stats(mels: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
