@@ -301,13 +301,10 @@ def track_metadata(cat: SPDCatalogue) -> pd.DataFrame:
     return out.drop_duplicates("track_id").reset_index(drop=True)
 
 
-MAX_MANIFEST_BYTES = 2 * 2**30  # a CSV manifest is scanned for bad bytes in memory before pandas reads it
-
-
-def invalid_utf8_lines(data: bytes) -> list[int]:
-    """1-based physical line numbers of ``data`` holding bytes that are not UTF-8."""
+def invalid_utf8_lines(lines) -> list[int]:
+    """1-based numbers of the physical lines (an iterable of bytes, e.g. a binary file) that are not UTF-8."""
     bad = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    for number, line in enumerate(lines, start=1):
         try:
             line.decode("utf-8")
         except UnicodeDecodeError:
@@ -316,19 +313,13 @@ def invalid_utf8_lines(data: bytes) -> list[int]:
 
 
 def _warn_invalid_utf8(path: Path) -> None:
+    """A warning naming the lines of ``path`` that are not UTF-8 (streamed, one line in memory at a time)."""
     import sys
 
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise ValueError(f"manifest {path} is {size / 2**30:.1f} GB, over the {MAX_MANIFEST_BYTES / 2**30:.0f} GB a "
-                         "CSV manifest may be; split it, or write it as Parquet")
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
+    with path.open("rb") as f:
+        lines = invalid_utf8_lines(f)
+    if not lines:
         return
-    except UnicodeDecodeError:
-        pass
-    lines = invalid_utf8_lines(data)
     shown = ", ".join(map(str, lines[:20])) + (f" and {len(lines) - 20} more" if len(lines) > 20 else "")
     print(f"manifest {path}: bytes that are not UTF-8 on line(s) {shown}; read as U+FFFD (a lyric keeps the rest "
           "of its text, a URI with them will not be found)", file=sys.stderr)

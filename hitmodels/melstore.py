@@ -202,15 +202,12 @@ class MelStore:
         self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:
-        """Every track's row without the segments: track_id, error, duration and segment starts (its error-free
-        row if it has one, else its last failure)."""
+        """Every track's row without the segments: track_id, error, duration and segment starts."""
         cols = [n for n in SCHEMA.names if n not in SEGMENTS]
         if not self.files:
             return pd.DataFrame(columns=cols)
-        from .attempts import latest  # a resumed run appends a retried track's new row beside the failed one
-
-        rows = pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas()
-        return latest(rows).drop(columns="attempts")
+        return pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas() \
+            .drop_duplicates("track_id").reset_index(drop=True)
 
     def load(self, track_ids, segment: str = "hl30") -> tuple[np.ndarray, np.ndarray]:
         """``(segments (n, n_mels, n_frames) float16, found (n,) bool)`` for ``track_ids`` in their order;

@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from hitmodels import attempts, audio, features, lyrics
+from hitmodels import audio, features, lyrics
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import read_manifest
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -239,25 +239,21 @@ def part_files(out_dir: Path) -> list[Path]:
     return good
 
 
-def outcomes(out_dir: Path) -> pd.DataFrame:
-    """Every attempt written to ``out_dir``: one row per (track, attempt) with ``track_id``, ``error``."""
+def _column(out_dir: Path, name: str) -> list:
     files = part_files(out_dir)
     if not files:
-        return pd.DataFrame({"track_id": pd.Series(dtype=str), "error": pd.Series(dtype=object)})
-    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=["track_id", "error"]) \
-        .to_pandas()
+        return []
+    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[name])[name].to_pylist()
 
 
 def done_track_ids(out_dir: Path) -> set[str]:
-    """track_ids written to ``out_dir`` without an error by earlier runs: a failed row (a transient
-    ``fetch_failed``, a worker that died) is tried again on resume."""
-    return attempts.done_ids(outcomes(out_dir))
+    """track_ids already written to ``out_dir`` by earlier runs."""
+    return set(_column(out_dir, "track_id"))
 
 
 def summary(out_dir: Path) -> Counter:
-    """Tracks per outcome (``ok`` or the error reason) in ``out_dir``, each track's latest attempt."""
-    latest = attempts.latest(outcomes(out_dir))
-    return Counter(features.error_reason(e if isinstance(e, str) else None) for e in latest["error"])
+    """Rows per outcome (``ok`` or the error reason) in ``out_dir``."""
+    return Counter(features.error_reason(e) for e in _column(out_dir, "error"))
 
 
 def _task_env(uris: pd.Series) -> dict:
@@ -291,12 +287,10 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
     df = read_manifest(manifest)
     n_in = len(df)
     df = df.drop_duplicates("track_id")
-    before = outcomes(out_dir)
     done = done_track_ids(out_dir)
     todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
-    retried = int(todo["track_id"].isin(set(before["track_id"])).sum())
-    print(f"extract: {n_in} tracks in manifest, {len(done)} already in {out_dir}, {len(todo)} to do"
-          + (f" ({retried} of them failed before and are tried again)" if retried else ""), file=sys.stderr)
+    print(f"extract: {n_in} tracks in manifest, {len(done)} already in {out_dir}, {len(todo)} to do",
+          file=sys.stderr)
     if len(todo):
         # Many small input blocks: the job streams, and work spreads over every CPU of the cluster.
         chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
@@ -326,10 +320,6 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
     counts = summary(out_dir)
     print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
           file=sys.stderr)
-    tries = Counter(attempts.latest(outcomes(out_dir))["attempts"])
-    if set(tries) - {1}:
-        print("extract: tracks per number of attempts: " + ", ".join(f"{k}={v}" for k, v in sorted(tries.items())),
-              file=sys.stderr)
     return counts
 
 
@@ -358,7 +348,7 @@ def read_features(out_dir: str | Path) -> pd.DataFrame:
     """The feature table written by :func:`run` (all parts), one row per track; ``attrs["feature_config"]``
     holds the settings they were extracted with (absent for directories from before they were recorded)."""
     files = [str(f) for f in part_files(Path(out_dir))]
-    df = attempts.latest(pads.dataset(files, format="parquet").to_table().to_pandas()).drop(columns="attempts")
+    df = pads.dataset(files, format="parquet").to_table().to_pandas().drop_duplicates("track_id")
     path = Path(out_dir) / FEATURE_CONFIG_FILE
     if path.is_file():
         df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(path.read_text())))

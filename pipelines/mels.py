@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from hitmodels import attempts, melstore
+from hitmodels import melstore
 from hitmodels.config import InputPolicy, MelConfig
 from hitmodels.data import read_manifest
 from hitmodels.entry import module_main
@@ -53,12 +53,9 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
     melstore.record_config(store, cfg, tags)
     melstore.readable_parts(*filesystem(store), quarantine=True)  # a part cut short by a killed run: redo it
     df = read_manifest(manifest).drop_duplicates("track_id")
-    index = melstore.MelStore(store).index()
-    done = attempts.done_ids(index)  # failed tracks (a transient fetch_failed) are tried again
+    done = set(melstore.MelStore(store).index()["track_id"])
     todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
-    retried = int(todo["track_id"].isin(set(index["track_id"])).sum())
-    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do"
-          + (f" ({retried} of them failed before and are tried again)" if retried else ""), file=sys.stderr)
+    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do", file=sys.stderr)
     if len(todo):
         chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
         ds = ray.data.from_pandas(chunks).map_batches(

@@ -33,7 +33,6 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hitmodels import attempts
 from hitmodels.entry import module_main
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -59,13 +58,28 @@ def model_outputs(model) -> list[str]:
     return list(model.outputs)
 
 
-def extract_features(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy) -> pd.DataFrame:
-    """Add extracted features to manifest rows (``audio_uri``, ``lyrics``); metadata columns already in the
-    batch win over nothing, absent ones stay missing and are imputed by the model."""
+def manifest_dir(table: str | Path) -> str | None:
+    """The directory a local manifest's relative ``audio_uri`` are relative to (None on S3), resolved here on
+    the driver: the scoring tasks run in Ray workers, in another directory."""
+    return None if str(table).startswith("s3://") else str(Path(table).resolve().parent)
+
+
+def audio_uris(uris, base: str | None) -> list:
+    from hitmodels.data import absolute_uri
+
+    return list(uris) if base is None else [absolute_uri(u, Path(base)) for u in uris]
+
+
+def extract_features(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy,
+                     base: str | None = None) -> pd.DataFrame:
+    """Add extracted features to manifest rows (``audio_uri``, relative ones against ``base``, ``lyrics``);
+    metadata columns already in the batch win over nothing, absent ones stay missing and are imputed by the
+    model."""
     from hitmodels.features import extract_rows
 
     lyr = batch["lyrics"] if "lyrics" in batch else pd.Series([""] * len(batch))
-    rows = extract_rows(list(zip(batch["track_id"], batch["audio_uri"], lyr.fillna(""))), cfg, policy)
+    rows = extract_rows(list(zip(batch["track_id"], audio_uris(batch["audio_uri"], base), lyr.fillna(""))), cfg,
+                        policy)
     feats = pd.DataFrame(rows).drop(columns=["track_id"])
     keep = batch.drop(columns=[c for c in feats.columns if c in batch.columns]).reset_index(drop=True)
     return pd.concat([keep, feats], axis=1)
@@ -188,12 +202,12 @@ def cached_model(ref: ModelRef, tracking_uri: str | None):
 
 def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
                 extract: FeatureConfig | None, precision: str = "fp32",
-                policy: InputPolicy | None = None) -> pa.Table:
+                policy: InputPolicy | None = None, base: str | None = None) -> pa.Table:
     """Ray Data task over rows Ray Data read (CSV, audio manifests): (extract, then) score one batch."""
     model = cached_model(ref, tracking_uri)
     columns = model.columns
     if extract is not None:
-        frame = extract_features(batch.to_pandas(), extract, policy)
+        frame = extract_features(batch.to_pandas(), extract, policy, base)
         # metadata a manifest does not carry is imputed by the model (training medians), as documented
         for c in columns:
             if c not in frame:
@@ -203,7 +217,7 @@ def score_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema
 
 
 def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema, source: str,
-                    policy: InputPolicy | None = None) -> pa.Table:
+                    policy: InputPolicy | None = None, base: str | None = None) -> pa.Table:
     """Ray Data task for a model on log-mel segments: its segment of each row, from the row's ``audio_uri``
     (``source="audio"``, computed as ``hitmusic mels`` does, same errors) or from a mel store's row
     (``source="store"``); the tagger's ``tag_*`` columns the model takes, computed from the same decode (or read
@@ -216,7 +230,8 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
     segment = model.segment
     tagged = features.tagger_columns(model.columns[1:])
     if source == "audio":
-        rows = melstore.mel_rows(list(zip(df["track_id"], df["audio_uri"])), model.mel_config, policy, bool(tagged))
+        rows = melstore.mel_rows(list(zip(df["track_id"], audio_uris(df["audio_uri"], base))), model.mel_config, policy,
+                                 bool(tagged))
         errors = [None if not r["error"] else f"tags: {r['error']}" if r["error"].startswith("internal: tagger")
                   else f"audio: {r['error']}" for r in rows]
         segments = [r.get(segment) or r.get("mid30") for r in rows]
@@ -299,8 +314,7 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 
 
 def scored(out_dir: str) -> tuple[set[str], set[str]]:
-    """The track_ids already scored without an error in ``out_dir`` (a failed row is scored again on resume;
-    :func:`read_scores` then takes its latest attempt) and the model versions that scored them. A part file that
+    """The track_ids already scored in ``out_dir`` and the model versions that scored them. A part file that
     cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as
     not done, are scored again, and every later read of ``out_dir`` succeeds. Rows without a track_id cannot
     be told apart and are not counted as done."""
@@ -313,12 +327,8 @@ def scored(out_dir: str) -> tuple[set[str], set[str]]:
         if not info.path.endswith(".parquet"):
             continue
         try:
-            names = pq.read_schema(info.path, filesystem=fs).names
-            part = pq.read_table(info.path, filesystem=fs,
-                                 columns=["track_id", "model_version"] + (["error"] if "error" in names else []))
-            ids = part.select(["track_id"]).to_pandas()
-            ids["error"] = part["error"].to_pylist() if "error" in names else None
-            done |= attempts.done_ids(ids)  # failed rows are scored again
+            part = pq.read_table(info.path, columns=["track_id", "model_version"], filesystem=fs)
+            done.update(t for t in part["track_id"].to_pylist() if t is not None)
             versions.update(v for v in part["model_version"].to_pylist() if v is not None)
         except (pa.ArrowException, OSError) as exc:
             target = f"{path}/{QUARANTINE}/{info.base_name}"
@@ -386,7 +396,8 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
         ds = ds.map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
                             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema,
                                        "extract": extract, "precision": precision,
-                                       "policy": policy or InputPolicy.for_manifest(table)},
+                                       "policy": policy or InputPolicy.for_manifest(table),
+                                       "base": manifest_dir(table)},
                             batch_format="pyarrow", num_cpus=1)
     out_fs, out_path = filesystem(out_dir)
     ds.write_parquet(out_path, filesystem=out_fs)
@@ -450,7 +461,8 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
     ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
                           batch_format="pyarrow", num_cpus=1,
                           fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
-                                     "policy": policy or InputPolicy.for_manifest(table)})
+                                     "policy": policy or InputPolicy.for_manifest(table),
+                                     "base": manifest_dir(table) if source == "audio" else None})
     out_fs, out_path = filesystem(out_dir)
     ds.write_parquet(out_path, filesystem=out_fs)
     print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
@@ -458,10 +470,8 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
 
 
 def read_scores(out_dir: str | Path) -> pd.DataFrame:
-    """The scores in ``out_dir``, one row per track (its error-free attempt if any, else its last failure;
-    ``attempts`` counts them) and every row without a track_id."""
     fs, path = filesystem(str(out_dir))
-    return attempts.latest(pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas())
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

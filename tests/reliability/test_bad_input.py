@@ -80,7 +80,7 @@ def test_bad_bytes_in_a_manifest_cost_only_their_rows(tmp_path, capsys):
     assert df.loc[1, "lyrics"] == "caf\ufffd ol\ufffd"
     # relative paths are relative to the manifest, resolved here and not in a worker's directory
     assert df.loc[2, "audio_uri"] == str(tmp_path.resolve() / "sub" / "c.wav")
-    assert invalid_utf8_lines(b"ok\n\xff\nok\n\xfe") == [2, 4]
+    assert invalid_utf8_lines(b"ok\n\xff\nok\n\xfe".splitlines(keepends=True)) == [2, 4]
 
 
 def test_an_spd_table_without_a_required_column_names_it(tmp_path):

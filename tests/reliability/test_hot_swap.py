@@ -5,6 +5,7 @@ batcher groups by version), never rows of one schema through the other's model."
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import orjson
@@ -45,6 +46,7 @@ def test_requests_validated_for_two_versions_are_batched_per_version(monkeypatch
     svc = object.__new__(Replica)
     svc.settings = ServeSettings(max_batch_size=16, batch_wait_timeout_s=0.2)
     svc.requests_batched = svc.requests_direct = 0
+    svc._stop = threading.Event()  # what the replica's __del__ sets
     svc._in_flight = 8  # as if overlapping: every request goes through the batcher
     requests = [(v1 if i % 2 else v2, Rows(np.full((i % 3 + 1, v1.model.d if i % 2 else 3), float(i)),
                                            [f"t{i}"] * (i % 3 + 1))) for i in range(8)]
