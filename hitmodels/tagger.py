@@ -333,8 +333,7 @@ def _relu_bn_max(win: torch.Tensor, lead: tuple[int, int, int], axis: int, conv:
     sign = torch.where(scale < 0, -1.0, 1.0).to(scale.dtype)
     kernel = _window_kernel(conv)
     kernel = kernel * sign.view(-1, *[1] * (kernel.dim() - 1))
-    kernel = _block_kernel(kernel, block) if block > 1 else kernel.reshape(conv.out_channels, -1).T
-    z = _matmul(win, kernel).reshape(*lead, conv.out_channels)
+    z = _matmul(win, _block_kernel(kernel, block)).reshape(*lead, conv.out_channels)
     if keep is not None:
         z = z[:, :, :keep]
     extreme = sign * (z.amax(dim=axis) + conv.bias * sign)  # the max (s >= 0) or the min (s < 0) over F

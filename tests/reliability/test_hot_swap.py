@@ -28,11 +28,11 @@ class SumModel:
 
 
 def test_requests_validated_for_two_versions_are_batched_per_version(monkeypatch):
-    from ray.serve import batching
+    from types import SimpleNamespace
 
-    # outside a replica Serve's batcher works, but its start-up check reads the replica's deployment config
-    monkeypatch.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests",
-                        lambda self: None)
+    # @serve.batch asks the replica context for max_ongoing_requests; outside a replica there is none
+    monkeypatch.setattr(serve, "get_replica_context",
+                        lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=256)))
     v1 = Served("m", "1", SumModel(2, 1.0), ["a", "b"], {})
     v2 = Served("m", "2", SumModel(3, 10.0), ["a", "b", "c"], {})
     # the replica's own class, without Serve or a registry; its batcher made afresh, since a batcher keeps its
