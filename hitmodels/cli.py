@@ -67,8 +67,10 @@ Dashboard in a browser: {info['ray_dashboard']} asks for the token (the file's c
 def cmd_down(args) -> int:
     from .services import down
 
-    down(_services(args))
-    print("stopped Serve, Ray and the MLflow server")
+    cfg = _services(args)
+    n = down(cfg)
+    print(f"stopped Serve and Ray on port {cfg.ray_port} ({n} processes; other Ray instances on this machine keep "
+          "running) and the MLflow server")
     return 0
 
 

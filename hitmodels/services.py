@@ -256,8 +256,79 @@ def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: 
     subprocess.run(cmd, check=True, env=env)
 
 
-def stop_ray() -> None:
-    subprocess.run([_bin("ray"), "stop", "--force"], check=False, env=dict(os.environ, **ray_auth_env()))
+def _processes() -> dict[int, tuple[int, list[bytes]]]:
+    """Every process this user can read: pid -> (parent pid, argv)."""
+    table = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        # the command name in parentheses may itself hold spaces and parentheses: the fields follow the last ")"
+        table[int(pid)] = (int(stat.rsplit(b")", 1)[1].split()[1]), argv)
+    return table
+
+
+def ray_instance_pids(port: int, table: dict[int, tuple[int, list[bytes]]] | None = None) -> tuple[set[int], str | None]:
+    """The processes of the Ray instance whose GCS listens on ``port``, and its session directory (None when
+    no GCS of that port runs). Its daemons name the port (``--gcs_server_port=``, ``--gcs-address=...:port``,
+    ``--address=...:port``) or the session directory; workers, actors, job drivers and the HAProxy a Serve
+    actor runs are their descendants. Other Ray instances on the machine match neither."""
+    table = _processes() if table is None else table
+    suffix = f":{port}".encode()
+    session = None
+    for _, argv in table.values():
+        if f"--gcs_server_port={port}".encode() in argv:
+            session = next((a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--session-dir=")), None)
+    roots = {pid for pid, (_, argv) in table.items()
+             if f"--gcs_server_port={port}".encode() in argv
+             or any(a.startswith((b"--gcs-address=", b"--address=")) and a.endswith(suffix) for a in argv)
+             or (session is not None and any(session.encode() + b"/" in a for a in argv))}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in found and pid != os.getpid():
+            found.add(pid)
+            stack += children.get(pid, [])
+    return found, session
+
+
+def stop_ray(port: int, grace_s: float = 10.0) -> int:
+    """Stop the Ray instance on ``port`` (:func:`ray_instance_pids`): SIGTERM, then SIGKILL what is left after
+    ``grace_s``; returns how many processes it stopped. Unlike ``ray stop``, which matches Ray's process
+    names and so stops every Ray of this user on the machine, other instances are left alone. The
+    ``ray_current_cluster`` file that named this instance is removed, as ``ray stop`` does, so that a later
+    ``ray.init()`` starts a fresh instance instead of dialling a dead one."""
+    pids, session = ray_instance_pids(port)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive_pid(p) for p in pids):
+            time.sleep(0.2)
+    if session is not None:
+        address_file = Path(session).parent / "ray_current_cluster"
+        try:
+            if address_file.read_text().strip().endswith(f":{port}"):
+                address_file.unlink()
+        except OSError:
+            pass
+    return len(pids)
+
+
+def _alive_pid(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie counts as gone: it only waits for its parent to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def ray_running(cfg: ServiceConfig) -> bool:
@@ -301,13 +372,15 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
             "already_running": ",".join(running)}
 
 
-def signal_matching(match: Callable[[list[bytes]], bool], sig: int = signal.SIGTERM) -> list[int]:
-    """Send ``sig`` to every process whose argv (``/proc/<pid>/cmdline``, split) satisfies ``match``; returns
-    their pids. For processes that outlived the group or session that started them."""
+def signal_matching(match: Callable[[list[bytes]], bool], sig: int = signal.SIGTERM,
+                    skip: set[int] = frozenset()) -> list[int]:
+    """Send ``sig`` to every process but ``skip`` whose argv (``/proc/<pid>/cmdline``, split) satisfies
+    ``match``; returns their pids. For processes that outlived the group or session that started them."""
     hit = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(pid) != os.getpid() and match(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
+            if int(pid) != os.getpid() and int(pid) not in skip \
+                    and match(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")):
                 os.kill(int(pid), sig)
                 hit.append(int(pid))
         except (OSError, IndexError, UnicodeDecodeError):
@@ -320,18 +393,24 @@ def stop_serve_haproxy(base: str | None = None) -> list[int]:
     ``$RAY_SERVE_HAPROXY_SERVER_STATE_BASE``, default /tmp/haproxy-serve); returns their pids. ``ray stop``
     kills Ray's own processes but not the HAProxy a Serve actor runs, which would keep the HTTP port."""
     base = (base or os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE") or HAPROXY_DEFAULT_BASE).rstrip("/") + "/"
+    table = _processes()
+    # A live Serve's HAProxy is the child of its proxy actor (a "ray::" process): that one belongs to a
+    # running Ray instance, perhaps another's, and is stopped with its instance, never here.
+    serving = {pid for pid, (ppid, _) in table.items() if table.get(ppid, (0, [b""]))[1][0].startswith(b"ray::")}
     return signal_matching(lambda argv: Path(argv[0].decode()).name == "haproxy"
-                           and any(a.startswith(base.encode()) for a in argv))
+                           and any(a.startswith(base.encode()) for a in argv), skip=serving)
 
 
-def down(cfg: ServiceConfig) -> None:
-    """Stop Serve, Ray and the MLflow server started by :func:`up`."""
-    stop_ray()
-    stop_serve_haproxy()
+def down(cfg: ServiceConfig) -> int:
+    """Stop Serve, Ray and the MLflow server started by :func:`up`, and nothing else: other Ray instances on
+    the machine (another user's session, a test's) keep running."""
+    n = stop_ray(cfg.ray_port)
+    stop_serve_haproxy()  # orphans only: HAProxies left by a Serve whose Ray is gone
     pid_file = cfg.run_dir / "mlflow.pid"
     if pid_file.exists():
         stop_process(int(pid_file.read_text()))
         pid_file.unlink()
+    return n
 
 
 def _alive(pid_file: Path) -> bool:

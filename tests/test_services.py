@@ -85,3 +85,55 @@ def test_stop_serve_haproxy_stops_only_haproxies_under_its_base(tmp_path):
     finally:
         for p in (ours, theirs):
             stop_process(p, timeout_s=5)
+
+
+def test_stop_ray_stops_its_instance_only(tmp_path):
+    """`hitmusic down` stops the Ray instance on its port (daemons, and an actor's worker, found as a
+    descendant) and leaves another instance on the same machine running; `ray stop` would stop both."""
+    import os
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from hitmodels.services import free_port, ray_instance_pids, signal_matching, stop_ray
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env.pop("RAY_ADDRESS", None)
+    tag = tempfile.mkdtemp(prefix="hm-down-", dir="/tmp")  # short: Ray's socket paths live under it
+    ports = {name: free_port() for name in ("ours", "theirs")}
+    try:
+        for name, port in ports.items():
+            subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--temp-dir", f"{tag}/{name}",
+                            "--num-cpus", "1", "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
+                            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port",
+                            str(free_port()), "--object-store-memory", str(80 * 2**20), "--disable-usage-stats"],
+                           env=env, check=True, capture_output=True, timeout=120)
+        # a detached actor of ours: its worker's argv says only "ray::Sleeper", so it is found as a descendant
+        code = ("import os, ray; ray.init(address=os.environ['ADDR'])\n"
+                "@ray.remote(num_cpus=0)\nclass Sleeper:\n    def pid(self): return os.getpid()\n"
+                "a = Sleeper.options(name='s', lifetime='detached').remote(); print(ray.get(a.pid.remote()))")
+        actor = int(subprocess.run([sys.executable, "-c", code], env=dict(env, ADDR=f"127.0.0.1:{ports['ours']}"),
+                                   check=True, capture_output=True, text=True, timeout=120).stdout.split()[-1])
+        ours, session = ray_instance_pids(ports["ours"])
+        theirs, _ = ray_instance_pids(ports["theirs"])
+        assert actor in ours and session.startswith(f"{tag}/ours/") and not ours & theirs
+        print(f"ours: {len(ours)} processes, theirs: {len(theirs)}")
+
+        assert stop_ray(ports["ours"]) == len(ours)
+        time.sleep(0.5)
+        assert not ray_instance_pids(ports["ours"])[0]
+        assert not any(Path(f"/proc/{p}").exists() and Path(f"/proc/{p}/stat").read_bytes().split()[2] != b"Z"
+                       for p in ours)
+        status = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{ports['theirs']}"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stdout + status.stderr
+        daemons = {p for p in theirs if b"gcs_server" in Path(f"/proc/{p}/cmdline").read_bytes()
+                   or b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]}
+        assert len(daemons) == 2 and daemons <= ray_instance_pids(ports["theirs"])[0]
+        assert stop_ray(ports["theirs"]) > 0 and not ray_instance_pids(ports["theirs"])[0]
+    finally:
+        signal_matching(lambda argv: any(tag.encode() in a for a in argv), 9)
