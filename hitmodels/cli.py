@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .outdir import OutputLocked
     from .services import ServiceError, use_ray_auth
 
     # a progress bar per downloaded bundle file is noise on a terminal (MLflow's default)
@@ -328,8 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     use_ray_auth(Path(args.home).resolve())
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, LookupError, ServiceError) as exc:
+    except (FileNotFoundError, ValueError, LookupError, ServiceError, OutputLocked) as exc:
         print(f"hitmusic {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from .tracking import is_outage, outage_message
+
+        if not is_outage(exc):
+            raise
+        print(f"hitmusic {args.command}: error: {outage_message(getattr(args, 'tracking_uri', None))}",
+              file=sys.stderr)
         return 2
 
 

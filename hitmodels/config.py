@@ -404,8 +404,37 @@ class ServiceConfig:
         return f"http://{self.host}:{self.serve_port}"
 
 
+@dataclass(frozen=True)
+class TrackingClientConfig:
+    """How long a client of the MLflow server waits for it. MLflow's own defaults (7 retries with backoff
+    factor 2, 120 s per request) keep a command silent for minutes when the server is down; these give up
+    after about 15 s with a message that says so. MLflow's environment variables, when set, win."""
+
+    max_retries: int = 4  # MLFLOW_HTTP_REQUEST_MAX_RETRIES: waits of ~0, 2, 4 and 8 s (backoff factor 1)
+    backoff_factor: int = 1  # MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (an integer to MLflow)
+    timeout_s: float = 30.0  # MLFLOW_HTTP_REQUEST_TIMEOUT: one request to a server that accepted it but hangs
+    # A training whose server went away waits this long for it to come back, to record the run as FAILED
+    # rather than leave it RUNNING forever: $HITMUSIC_MLFLOW_END_RUN_WAIT_S
+    end_run_wait_s: float = field(
+        default_factory=lambda: float(os.environ.get("HITMUSIC_MLFLOW_END_RUN_WAIT_S", "120")))
+
+    def env(self) -> dict[str, str]:
+        """The MLflow client's environment variables for these settings."""
+        return {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.max_retries),
+                "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(self.backoff_factor),
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(self.timeout_s))}
+
+    def apply(self) -> None:
+        """Set :meth:`env` in this process where the user has not set the variables: MLflow reads them at
+        each request, so this bounds every later call, in drivers, Ray workers and Serve replicas alike."""
+        for k, v in self.env().items():
+            os.environ.setdefault(k, v)
+
+
 def tracking_uri(explicit: str | None = None) -> str:
     """The MLflow server to talk to: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else the local server that
     ``hitmusic up`` starts. Never MLflow's own default (a ./mlruns folder), which a Ray worker or a
-    ``ray job submit`` driver would silently create somewhere else."""
+    ``ray job submit`` driver would silently create somewhere else. Every client of the server asks here
+    first, so this is also where the client's waits are bounded (:class:`TrackingClientConfig`)."""
+    TrackingClientConfig().apply()
     return explicit or ServiceConfig().tracking_uri

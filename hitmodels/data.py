@@ -343,7 +343,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
                           for i, u in zip(cat.tracks["id"], cat.tracks.get("preview_url", [""] * len(cat.tracks)))],
             "lyrics": cat.tracks.get("lyrics", pd.Series([""] * len(cat.tracks))).fillna("").astype(str),
         })
-        return df.drop_duplicates("track_id").reset_index(drop=True)
+        return df.reset_index(drop=True)  # duplicate ids are the jobs' to report (row_keys), not dropped here
     if path.suffix == ".parquet" or path.is_dir():
         df = pd.read_parquet(path)
     else:
@@ -359,6 +359,55 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     base = path.resolve().parent
     df["audio_uri"] = [absolute_uri(u, base) for u in df["audio_uri"]]
     return df[["track_id", "audio_uri", "lyrics"]].reset_index(drop=True)
+
+
+ROW_KEY = "row_key"
+
+
+def row_keys(track_ids) -> tuple[list[str], list[str | None]]:
+    """Per manifest row, the key its output row is written and resumed under, and an error for a row that
+    cannot stand for a track of its own. A track_id's first row is keyed by the id itself; a later row with
+    the same id gets ``<id>#<k>`` (its k-th occurrence) and ``duplicate_track_id``, naming the first row; a row
+    without an id gets ``#row<n>`` and ``missing_track_id``. So every input row has exactly one output row,
+    duplicates and id-less rows included (rows in = rows out), and a resume finds each of them done.
+    Row numbers are 1-based positions in the manifest.
+
+    >>> row_keys(["a", "b", "a", None])
+    (['a', 'b', 'a#2', '#row4'], [None, None, "duplicate_track_id: 'a' is also manifest row 1", 'missing_track_id: manifest row 4 has no track_id'])
+    """
+    keys: list[str] = []
+    errors: list[str | None] = []
+    first: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for n, t in enumerate(track_ids, start=1):
+        if t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip():
+            keys.append(f"#row{n}")
+            errors.append(f"missing_track_id: manifest row {n} has no track_id")
+            continue
+        t = str(t)
+        seen[t] = seen.get(t, 0) + 1
+        if seen[t] == 1:
+            first[t] = n
+            keys.append(t)
+            errors.append(None)
+        else:
+            keys.append(f"{t}#{seen[t]}")
+            errors.append(f"duplicate_track_id: {t!r} is also manifest row {first[t]}")
+    return keys, errors
+
+
+def keyed_manifest(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A manifest split into the rows to process and the rows that fail as a whole (duplicate or missing
+    ``track_id``), both with :data:`ROW_KEY`; the failing ones also carry their ``error`` (:func:`row_keys`)."""
+    keys, errors = row_keys(df["track_id"].tolist())
+    df = df.assign(**{ROW_KEY: keys})
+    bad = np.array([e is not None for e in errors], dtype=bool)
+    failed = df[bad].assign(error=[e for e in errors if e is not None])
+    # object, not pandas' string dtype, whose missing value is NaN: Arrow wants None for a null string
+    failed["track_id"] = pd.Series([None if str(k).startswith("#row") else str(t)
+                                    for t, k in zip(failed["track_id"], failed[ROW_KEY])], dtype=object,
+                                   index=failed.index)
+    return df[~bad].reset_index(drop=True), failed.reset_index(drop=True)
 
 
 def absolute_uri(uri, base: Path):
@@ -377,7 +426,9 @@ def build_model_table(features: pd.DataFrame, cat: SPDCatalogue) -> pd.DataFrame
     keeps rows in = rows out; :func:`training_rows` picks what a model may learn from.
     """
     meta = track_metadata(cat)
-    table = features.drop_duplicates("track_id").merge(meta, on="track_id", how="left")
+    # one row per manifest row (a duplicate id's row carries its error), as written by extract
+    table = features.drop_duplicates(ROW_KEY if ROW_KEY in features else "track_id") \
+        .merge(meta, on="track_id", how="left")
     if "error" not in table:
         table["error"] = None
     return table.reset_index(drop=True)

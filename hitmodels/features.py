@@ -81,8 +81,9 @@ def tag_rows(clips: list[np.ndarray], cfg: FeatureConfig, device: str = "cpu") -
 
 
 def output_schema(cfg: FeatureConfig = FeatureConfig()) -> pa.Schema:
-    """Arrow schema of the feature table: ``track_id``, ``error`` (null when fine), then float64 features."""
-    return pa.schema([("track_id", pa.string()), ("error", pa.string())]
+    """Arrow schema of the feature table: ``track_id``, ``row_key`` (the manifest row's key,
+    :func:`hitmodels.data.row_keys`), ``error`` (null when fine), then float64 features."""
+    return pa.schema([("track_id", pa.string()), ("row_key", pa.string()), ("error", pa.string())]
                      + [(n, pa.float64()) for n in feature_names(cfg)])
 
 

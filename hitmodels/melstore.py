@@ -3,8 +3,9 @@
 Layout of a store directory (written by ``hitmusic mels``, :mod:`pipelines.mels`)::
 
     (a local directory or an s3:// prefix)
-    part-*.parquet      one row per track of the manifest (rows in = rows out):
-                        track_id, error (null when fine), duration_s, mid30_start_s, hl30_start_s,
+    part-*.parquet      one row per row of the manifest (rows in = rows out):
+                        track_id, row_key (hitmodels.data.row_keys: a duplicate or missing track_id's
+                        row has its own, and an error), error (null when fine), duration_s, mid30_start_s, hl30_start_s,
                         mid30, hl30 (float16 (n_mels, n_frames), C order, as bytes; hl30 null when it is
                         the same segment as mid30, as for a preview no longer than 30 s);
                         with ``hitmusic mels --tags`` also the tagger's 50 ``tag_<label>`` activations of
@@ -38,7 +39,8 @@ from .storage import exists, filesystem, parquet_files
 # log-mel input; :func:`attach` fills it from a store.
 MEL_COLUMN = "mel"
 MEL_CONFIG_FILE = "_mel_config.json"  # a leading underscore keeps it out of Arrow's dataset discovery
-SCHEMA = pa.schema([("track_id", pa.string()), ("error", pa.string()), ("duration_s", pa.float64()),
+SCHEMA = pa.schema([("track_id", pa.string()), ("row_key", pa.string()), ("error", pa.string()),
+                    ("duration_s", pa.float64()),
                     ("mid30_start_s", pa.float64()), ("hl30_start_s", pa.float64()),
                     ("mid30", pa.binary()), ("hl30", pa.binary())])
 
@@ -202,12 +204,17 @@ class MelStore:
         self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:
-        """Every track's row without the segments: track_id, error, duration and segment starts."""
+        """Every manifest row's row without the segments: track_id, row_key, error, duration and segment
+        starts (a store from before row keys: the row_key is the track_id)."""
         cols = [n for n in SCHEMA.names if n not in SEGMENTS]
         if not self.files:
             return pd.DataFrame(columns=cols)
-        return pads.dataset(self.files, filesystem=self.fs, format="parquet").to_table(columns=cols).to_pandas() \
-            .drop_duplicates("track_id").reset_index(drop=True)
+        ds = pads.dataset(self.files, filesystem=self.fs, format="parquet")
+        df = ds.to_table(columns=[c for c in cols if c in ds.schema.names]).to_pandas()
+        if "row_key" not in df:
+            df.insert(1, "row_key", df["track_id"])
+        df["row_key"] = df["row_key"].fillna(df["track_id"])
+        return df.drop_duplicates("row_key").reset_index(drop=True)
 
     def load(self, track_ids, segment: str = "hl30") -> tuple[np.ndarray, np.ndarray]:
         """``(segments (n, n_mels, n_frames) float16, found (n,) bool)`` for ``track_ids`` in their order;

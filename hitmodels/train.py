@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from .data import feature_columns, training_rows
 from .melstore import MEL_COLUMN
 from .evaluate import class_metrics, interval_metrics, label_metrics, ranking_metrics, regression_metrics
 from .predict import popularity_class
+from .tracking import ended_run, is_outage, outage_message
 
 # Where a version's run keeps the track ids of its test rows (promotion scores on exactly those).
 SPLIT_ARTIFACT = "split/test_rows.json"
@@ -238,10 +240,10 @@ def _run(cfg: TrainConfig, parent_run_id: str | None):
     if mlflow.active_run() is not None:
         return contextlib.nullcontext(mlflow.active_run())
     if parent_run_id is not None:  # beside its parent, e.g. the tuning job or leaderboard that chose it
-        return mlflow.start_run(parent_run_id=parent_run_id,
-                                experiment_id=mlflow.get_run(parent_run_id).info.experiment_id)
+        return ended_run(lambda: mlflow.start_run(parent_run_id=parent_run_id,
+                                                  experiment_id=mlflow.get_run(parent_run_id).info.experiment_id))
     mlflow.set_experiment(cfg.experiment)
-    return mlflow.start_run()
+    return ended_run(mlflow.start_run)  # FAILED, not RUNNING forever, when the server goes away meanwhile
 
 
 def split_settings(cfg: TrainConfig) -> dict:
@@ -305,13 +307,20 @@ def register_bundle(bundle: Path, table: pd.DataFrame, cfg: TrainConfig, trackin
             name="model", python_model=str(Path(__file__).with_name("pyfunc_code.py")),
             artifacts=bundle_artifacts(bundle),
             signature=infer_signature(example, model.predict(None, example)), input_example=example,
-            registered_model_name=cfg.model_name, pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(),
         )
-        version = str(info.registered_model_version)
-        client = mlflow.MlflowClient()
-        for k, v in {**all_tags, "test_mae": f"{metrics['test_mae']:.5f}", "run_id": run.info.run_id,
-                     "n_test_rows": str(n["test"])}.items():
-            client.set_model_version_tag(cfg.model_name, version, k, v)
-        client.update_model_version(cfg.model_name, version,
-                                    description=description(fam.describe(cfg), metrics, fingerprint, n, fam.metric))
+        # One request creates the version with every tag promotion reads (fingerprint, test rows' metric):
+        # a server lost between separate requests would leave a version that cannot be compared or promoted
+        version = str(mlflow.register_model(info.model_uri, cfg.model_name, tags={
+            **all_tags, "test_mae": f"{metrics['test_mae']:.5f}", "run_id": run.info.run_id,
+            "n_test_rows": str(n["test"])}).version)
+        try:  # the UI's text only: a version without it is still whole
+            mlflow.MlflowClient().update_model_version(
+                cfg.model_name, version, description=description(fam.describe(cfg), metrics, fingerprint, n,
+                                                                 fam.metric))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            print(f"train: version {version} registered without its description: {outage_message()}",
+                  file=sys.stderr)
         return TrainResult(run.info.run_id, cfg.model_name, version, metrics, fam.name)

@@ -6,8 +6,10 @@
 Input is a manifest (Parquet or CSV with ``track_id``, ``audio_uri``, optional ``lyrics``) or an SPD
 directory. Audio URIs may be local paths, ``file://``, ``s3://`` or ``http(s)://``. Bad previews never stop
 the job: their rows carry an ``error`` and null features (rows in = rows out), and a count per reason is
-printed at the end. Re-running into the same OUT_DIR skips tracks already there, so the job resumes; a part
-file left unreadable by an interrupted run is moved to ``OUT_DIR/_quarantine/`` and its tracks are done again.
+printed at the end. Re-running into the same OUT_DIR skips tracks already there, so the job resumes. One run
+writes into an OUT_DIR at a time (a second one stops at once, naming the first), and each part appears whole
+or not at all (:mod:`hitmodels.outdir`); an unreadable part (from versions that wrote in place) is moved to
+``OUT_DIR/_quarantine/`` and its tracks are done again.
 
 Where the Ray cluster has GPUs (``--device auto``, the default) the audio features are computed by the batched
 PyTorch extractor (:mod:`hitmodels.audio_torch`) in a pool of GPU actors: CPU tasks first fetch, decode and
@@ -47,11 +49,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hitmodels import audio, features, lyrics
+from hitmodels import audio, features, lyrics, outdir
 from hitmodels.config import FeatureConfig, InputPolicy
-from hitmodels.data import read_manifest
+from hitmodels.data import ROW_KEY, keyed_manifest, read_manifest
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
 from hitmodels.entry import module_main
@@ -64,6 +67,8 @@ def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy |
     worker only costs its batch (retried by Ray). Ray reuses a task's worker process, and with it the loaded
     tagger."""
     rows = features.extract_rows(list(zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])), cfg, policy)
+    for row, key in zip(rows, batch[ROW_KEY]):
+        row[ROW_KEY] = key
     return features.rows_to_table(rows, cfg)
 
 
@@ -72,7 +77,8 @@ def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy |
 # What decode_batch hands the actors: a row per track, the samples of the ones that decoded and passed
 # audio.check_usable (and with --tags the same clip at the tagger's rate), the lyric features or the lyric
 # error. large_binary: a block of 30 s clips at 44.1 kHz passes 2 GiB at ~400 tracks.
-DECODED_SCHEMA = pa.schema([("track_id", pa.string()), ("error", pa.string()), ("lyric_error", pa.string()),
+DECODED_SCHEMA = pa.schema([("track_id", pa.string()), (ROW_KEY, pa.string()), ("error", pa.string()),
+                            ("lyric_error", pa.string()),
                             ("sr", pa.int64()), ("pcm", pa.large_binary()), ("pcm_tags", pa.large_binary())]
                            + [(n, pa.float64()) for n in lyrics.FEATURE_NAMES])
 # Torch actors per GPU: each also does CPU work per clip (the CQT's resampling, ~25 ms, and the statistics),
@@ -92,9 +98,9 @@ def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | 
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
     rows = []
     rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)  # tag_sr: a missing wheel fails here
-    for track_id, uri, text in zip(batch["track_id"], batch["audio_uri"], batch["lyrics"]):
-        row = {"track_id": str(track_id), "error": None, "lyric_error": None, "sr": None, "pcm": None,
-               "pcm_tags": None}
+    for track_id, key, uri, text in zip(batch["track_id"], batch[ROW_KEY], batch["audio_uri"], batch["lyrics"]):
+        row = {"track_id": str(track_id), ROW_KEY: key, "error": None, "lyric_error": None, "sr": None,
+               "pcm": None, "pcm_tags": None}
         try:
             # a manifest read by pandas gives None or NaN where the URI is missing
             loaded = audio.load_rates(uri if isinstance(uri, str) else "", rates, cfg, policy)
@@ -152,7 +158,8 @@ def feature_rows(decoded: pd.DataFrame, cfg: FeatureConfig, device: str) -> list
         tags_out = dict(zip(tag_idx, features.tag_rows(clips, cfg, device))) if tag_idx else {}
     rows = []
     for i, r in decoded.iterrows():
-        row = {"track_id": r["track_id"], "error": r["error"] if isinstance(r["error"], str) else None}
+        row = {"track_id": r["track_id"], ROW_KEY: r[ROW_KEY],
+               "error": r["error"] if isinstance(r["error"], str) else None}
         result = audio_out.get(i)
         if row["error"] is None:
             if isinstance(result, str):
@@ -246,9 +253,9 @@ def _column(out_dir: Path, name: str) -> list:
     return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[name])[name].to_pylist()
 
 
-def done_track_ids(out_dir: Path) -> set[str]:
-    """track_ids already written to ``out_dir`` by earlier runs."""
-    return set(_column(out_dir, "track_id"))
+def done_keys(out_dir: Path) -> set[str]:
+    """Row keys (:func:`hitmodels.data.row_keys`) already written to ``out_dir`` by earlier runs."""
+    return outdir.done_keys(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)])
 
 
 def summary(out_dir: Path) -> Counter:
@@ -280,46 +287,50 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
     import ray
 
     policy = policy or InputPolicy.for_manifest(manifest)
-    init_ray()
     # resolved here: the Ray Data writers run in the workers, whose working directory is not the user's
     out_dir = Path(out_dir).resolve()
-    record_feature_config(out_dir, cfg)
-    df = read_manifest(manifest)
-    n_in = len(df)
-    df = df.drop_duplicates("track_id")
-    done = done_track_ids(out_dir)
-    todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
-    print(f"extract: {n_in} tracks in manifest, {len(done)} already in {out_dir}, {len(todo)} to do",
-          file=sys.stderr)
-    if len(todo):
-        # Many small input blocks: the job streams, and work spreads over every CPU of the cluster.
-        chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
-        ds = ray.data.from_pandas(chunks)
-        n_gpus = ray.cluster_resources().get("GPU", 0)
-        on_gpu = use_torch(device, n_gpus) and n_gpus >= 1 and gpu_workers_have_cuda()
-        if device == "auto" and n_gpus >= 1 and not on_gpu:
-            print("extract: the cluster has GPUs but torch cannot use them there (a CPU build of torch?); "
-                  "audio features on the CPU path", file=sys.stderr)
-            device = "cpu"
-        if not use_torch(device, n_gpus):
-            ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
-                                batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
-        else:
-            ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
-                                batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
-            # ACTORS_PER_GPU actors share each GPU; without a usable GPU (--device torch), one actor on one CPU
-            n_actors = int(n_gpus) * ACTORS_PER_GPU if on_gpu else 1
-            ds = ds.map_batches(TorchFeatures,
-                                fn_constructor_kwargs={"cfg": cfg, "device": "cuda" if on_gpu else "cpu"},
-                                batch_size=torch_batch_size, batch_format="pandas", num_cpus=1,
-                                num_gpus=1 / ACTORS_PER_GPU if on_gpu else 0,
-                                compute=ray.data.ActorPoolStrategy(size=n_actors))
-            print(f"extract: audio features with torch, {n_actors} actor(s) on "
-                  f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
-        ds.write_parquet(str(out_dir))
-    counts = summary(out_dir)
-    print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
-          file=sys.stderr)
+    # one run per OUT, held from the resume check to the last part written (hitmodels.outdir)
+    with outdir.exclusive(str(out_dir), "extract"):
+        init_ray()
+        record_feature_config(out_dir, cfg)
+        df, failed = keyed_manifest(read_manifest(manifest))
+        done = done_keys(out_dir)
+        todo = df[~df[ROW_KEY].isin(done)].reset_index(drop=True)
+        failed = failed[~failed[ROW_KEY].isin(done)]
+        print(f"extract: {len(df) + len(failed)} rows in manifest, {len(done)} already in {out_dir}, "
+              f"{len(todo) + len(failed)} to do", file=sys.stderr)
+        if len(failed):  # a duplicate or missing track_id: its row says so, nothing to extract
+            outdir.write_part(features.rows_to_table(failed.to_dict("records"), cfg), pafs.LocalFileSystem(),
+                              str(out_dir))
+        if len(todo):
+            # Many small input blocks: the job streams, and work spreads over every CPU of the cluster.
+            chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
+            ds = ray.data.from_pandas(chunks)
+            n_gpus = ray.cluster_resources().get("GPU", 0)
+            on_gpu = use_torch(device, n_gpus) and n_gpus >= 1 and gpu_workers_have_cuda()
+            if device == "auto" and n_gpus >= 1 and not on_gpu:
+                print("extract: the cluster has GPUs but torch cannot use them there (a CPU build of torch?); "
+                      "audio features on the CPU path", file=sys.stderr)
+                device = "cpu"
+            if not use_torch(device, n_gpus):
+                ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
+                                    batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
+            else:
+                ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
+                                    batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
+                # ACTORS_PER_GPU actors share each GPU; without a usable GPU (--device torch), one actor on one CPU
+                n_actors = int(n_gpus) * ACTORS_PER_GPU if on_gpu else 1
+                ds = ds.map_batches(TorchFeatures,
+                                    fn_constructor_kwargs={"cfg": cfg, "device": "cuda" if on_gpu else "cpu"},
+                                    batch_size=torch_batch_size, batch_format="pandas", num_cpus=1,
+                                    num_gpus=1 / ACTORS_PER_GPU if on_gpu else 0,
+                                    compute=ray.data.ActorPoolStrategy(size=n_actors))
+                print(f"extract: audio features with torch, {n_actors} actor(s) on "
+                      f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
+            outdir.write_dataset(ds, str(out_dir))
+        counts = summary(out_dir)
+        print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+              file=sys.stderr)
     return counts
 
 
@@ -348,7 +359,8 @@ def read_features(out_dir: str | Path) -> pd.DataFrame:
     """The feature table written by :func:`run` (all parts), one row per track; ``attrs["feature_config"]``
     holds the settings they were extracted with (absent for directories from before they were recorded)."""
     files = [str(f) for f in part_files(Path(out_dir))]
-    df = pads.dataset(files, format="parquet").to_table().to_pandas().drop_duplicates("track_id")
+    df = pads.dataset(files, format="parquet").to_table().to_pandas()
+    df = df.drop_duplicates(ROW_KEY if ROW_KEY in df else "track_id")
     path = Path(out_dir) / FEATURE_CONFIG_FILE
     if path.is_file():
         df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(path.read_text())))

@@ -24,9 +24,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from hitmodels import melstore
+from hitmodels import melstore, outdir
 from hitmodels.config import InputPolicy, MelConfig
-from hitmodels.data import read_manifest
+from hitmodels.data import ROW_KEY, keyed_manifest, read_manifest
 from hitmodels.entry import module_main
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
@@ -37,8 +37,10 @@ from pipelines.extract import _task_env
 
 def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy, tags: bool = False) -> pa.Table:
     """Ray Data task: :func:`hitmodels.melstore.mel_rows` over a batch, as one Arrow table of the store's schema."""
-    return melstore.rows_to_table(melstore.mel_rows(list(zip(batch["track_id"], batch["audio_uri"])), cfg, policy,
-                                                    tags), tags)
+    rows = melstore.mel_rows(list(zip(batch["track_id"], batch["audio_uri"])), cfg, policy, tags)
+    for row, key in zip(rows, batch[ROW_KEY]):
+        row[ROW_KEY] = key
+    return melstore.rows_to_table(rows, tags)
 
 
 def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), batch_size: int = 4,
@@ -48,24 +50,29 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
     import ray
 
     policy = policy or InputPolicy.for_manifest(manifest)
-    init_ray()
     store = str(store)
-    melstore.record_config(store, cfg, tags)
-    melstore.readable_parts(*filesystem(store), quarantine=True)  # a part cut short by a killed run: redo it
-    df = read_manifest(manifest).drop_duplicates("track_id")
-    done = set(melstore.MelStore(store).index()["track_id"])
-    todo = df[~df["track_id"].isin(done)].reset_index(drop=True)
-    print(f"mels: {len(df)} tracks in manifest, {len(done)} already in {store}, {len(todo)} to do", file=sys.stderr)
-    if len(todo):
-        chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
-        ds = ray.data.from_pandas(chunks).map_batches(
-            mel_batch, fn_kwargs={"cfg": cfg, "policy": policy, "tags": tags}, batch_size=batch_size, batch_format="pandas",
-            num_cpus=1, **_task_env(todo["audio_uri"]))
+    with outdir.exclusive(store, "mels"):  # one run per store (hitmodels.outdir)
+        init_ray()
+        melstore.record_config(store, cfg, tags)
         fs, root = filesystem(store)
-        ds.write_parquet(root, filesystem=fs)
-    counts = Counter(error_reason(e if isinstance(e, str) else None)
-                     for e in melstore.MelStore(store).index()["error"])
-    print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+        parts = melstore.readable_parts(fs, root, quarantine=True)  # a part older versions cut short: redo it
+        df, failed = keyed_manifest(read_manifest(manifest))
+        done = outdir.done_keys(fs, parts)
+        todo = df[~df[ROW_KEY].isin(done)].reset_index(drop=True)
+        failed = failed[~failed[ROW_KEY].isin(done)]
+        print(f"mels: {len(df) + len(failed)} rows in manifest, {len(done)} already in {store}, "
+              f"{len(todo) + len(failed)} to do", file=sys.stderr)
+        if len(failed):  # a duplicate or missing track_id: its row says so, nothing to compute
+            outdir.write_part(melstore.rows_to_table(failed.to_dict("records"), tags), fs, root)
+        if len(todo):
+            chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
+            ds = ray.data.from_pandas(chunks).map_batches(
+                mel_batch, fn_kwargs={"cfg": cfg, "policy": policy, "tags": tags}, batch_size=batch_size, batch_format="pandas",
+                num_cpus=1, **_task_env(todo["audio_uri"]))
+            outdir.write_dataset(ds, store)
+        counts = Counter(error_reason(e if isinstance(e, str) else None)
+                         for e in melstore.MelStore(store).index()["error"])
+        print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
     return counts
 
 

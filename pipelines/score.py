@@ -14,8 +14,10 @@ The alias is resolved to one version before the job starts, so every row of a ru
 version even if the alias moves meanwhile. Output per row: ``track_id, popularity, class``, the interval and
 class probabilities when the model gives them, ``model_name, model_version, error``. A row that cannot be
 scored (failed extraction, a value the model rejects) keeps its place with null scores and the reason in
-``error``: rows in = rows out. Re-running into the same OUT_DIR skips track_ids already scored there;
-a part file left unreadable by an interrupted run is moved to ``OUT_DIR/_quarantine/`` and its rows redone.
+``error``: rows in = rows out. Re-running into the same OUT_DIR skips track_ids already scored there. One run
+writes into an OUT_DIR at a time, and each part appears whole or not at all (:mod:`hitmodels.outdir`; an
+``s3://`` OUT_DIR is not locked); an unreadable part (from versions that wrote in place) is moved to
+``OUT_DIR/_quarantine/`` and its rows redone.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from hitmodels import outdir
 from hitmodels.entry import module_main
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -343,17 +346,24 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
         tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32",
         policy: InputPolicy | None = None) -> ModelRef:
     """Score every row of ``table`` not yet in ``out_dir``; returns the model version used. ``policy``: what
-    the ``audio_uri`` of a manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`)."""
+    the ``audio_uri`` of a manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`).
+    One run per ``out_dir`` at a time (:func:`hitmodels.outdir.exclusive`)."""
+    with outdir.exclusive(str(out_dir), "score"):
+        return _run(table, out_dir, model_name, version, tracking_uri, batch_size, precision, policy)
+
+
+def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, tracking_uri: str | None,
+         batch_size: int, precision: str, policy: InputPolicy | None) -> ModelRef:
     import ray
 
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose {' or '.join(PRECISIONS)}")
 
-    init_ray()
     table, out_dir = str(table), str(out_dir)
     tracking_uri = resolve_tracking_uri(tracking_uri)
-    ref = resolve(model_name, version, tracking_uri)
+    ref = resolve(model_name, version, tracking_uri)  # before Ray starts: a registry outage fails fast
     model = load_model(ref, tracking_uri)
+    init_ray()
     if precision not in model.precisions:
         raise ValueError(f"{ref.uri} is a {model.family} model, which scores in {', '.join(model.precisions)} "
                          f"only, not {precision}")
@@ -399,8 +409,7 @@ def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet",
                                        "policy": policy or InputPolicy.for_manifest(table),
                                        "base": manifest_dir(table)},
                             batch_format="pyarrow", num_cpus=1)
-    out_fs, out_path = filesystem(out_dir)
-    ds.write_parquet(out_path, filesystem=out_fs)
+    outdir.write_dataset(ds, out_dir)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
 
@@ -463,8 +472,7 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
                           fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
                                      "policy": policy or InputPolicy.for_manifest(table),
                                      "base": manifest_dir(table) if source == "audio" else None})
-    out_fs, out_path = filesystem(out_dir)
-    ds.write_parquet(out_path, filesystem=out_fs)
+    outdir.write_dataset(ds, out_dir)
     print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
     return ref
 

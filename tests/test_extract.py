@@ -76,7 +76,8 @@ def test_every_kind_of_bad_input_gives_one_row_with_its_reason(ray_local, tiny_c
     }
     good = _good_tracks(tiny_catalogue, 3)
     rows = [(t, u, "la la la") for t, (u, _) in bad.items()] + list(good.itertuples(index=False, name=None))
-    rows.append(rows[0])  # a duplicated manifest row is one track, not two rows
+    rows.append(rows[0])  # a duplicated manifest row: a row of its own, saying so (rows in = rows out)
+    rows.append((None, str(tiny_catalogue["root"]), "la"))  # and a row without a track_id
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
 
     # the closed port's host is allowed, so that fetching it fails rather than being refused
@@ -84,10 +85,15 @@ def test_every_kind_of_bad_input_gives_one_row_with_its_reason(ray_local, tiny_c
     counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3, policy=policy)
 
     assert counts == {"ok": 3, "missing": 2, "empty": 1, "undecodable": 1, "too_short": 1, "silent": 1,
-                      "fetch_failed": 1, "uri_not_allowed": 1}
+                      "fetch_failed": 1, "uri_not_allowed": 1, "duplicate_track_id": 1, "missing_track_id": 1}
     raw = _raw_rows(tmp_path / "out")
-    assert sorted(raw["track_id"]) == sorted({r[0] for r in rows})  # rows in = rows out, each once
-    by_id = raw.set_index("track_id")
+    assert len(raw) == len(rows) and raw["row_key"].is_unique  # rows in = rows out, each once
+    keyed = raw.set_index("row_key")
+    assert keyed.loc["t-missing-file#2", "error"] == "duplicate_track_id: 't-missing-file' is also manifest row 1"
+    assert keyed.loc["t-missing-file#2", "track_id"] == "t-missing-file"
+    assert keyed.loc[f"#row{len(rows)}", "error"].startswith("missing_track_id: manifest row")
+    assert pd.isna(keyed.loc[f"#row{len(rows)}", "track_id"])
+    by_id = raw[raw["row_key"] == raw["track_id"]].set_index("track_id")
     for track_id, (_, reason) in bad.items():
         assert features.error_reason(by_id.loc[track_id, "error"]) == reason, by_id.loc[track_id, "error"]
         assert by_id.loc[track_id, FEATURES].isna().all(), track_id

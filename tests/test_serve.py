@@ -23,10 +23,11 @@ MODEL = "serve-test"
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
-    port = free_port()
-    proc = start_mlflow(tmp_path_factory.mktemp("serve-mlflow"), "127.0.0.1", port)
-    yield {"uri": f"http://127.0.0.1:{port}", "proc": proc}
-    stop_process(proc)
+    port, home = free_port(), tmp_path_factory.mktemp("serve-mlflow")
+    state = {"uri": f"http://127.0.0.1:{port}", "proc": start_mlflow(home, "127.0.0.1", port), "home": home,
+             "port": port}
+    yield state
+    stop_process(state["proc"])  # the outage test restarts it
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +310,7 @@ def test_audio_upload_bad_metadata(app, tmp_path):
         assert resp.status_code == 422 and field in resp.text, resp.text
 
 
-def test_hot_swap_then_registry_outage(app):
+def test_hot_swap_then_registry_outage(app, registry):
     """Promote another version: replicas switch within the poll interval without failing requests in
     flight; then stop the registry: they keep serving and /healthz says so."""
     from hitmodels.registry import promote
@@ -350,3 +351,14 @@ def test_hot_swap_then_registry_outage(app):
     assert h["registry_error"].startswith("registry unreachable (") and "127.0.0.1" not in h["registry_error"]
     r = httpx.post(f"{url}/predict", json=body, timeout=30)
     assert r.status_code == 200 and r.json()["model_version"] == v2
+
+    # the server comes back (same store): the next poll finds it, and the replica says so
+    registry["proc"] = start_mlflow(registry["home"], "127.0.0.1", registry["port"])
+    back = time.monotonic()
+    while time.monotonic() < back + 60:
+        h = httpx.get(f"{url}/healthz", timeout=30).json()
+        if h["registry_ok"]:
+            break
+        time.sleep(0.5)
+    print(f"registry back: /healthz ok again after {time.monotonic() - back:.1f} s")
+    assert h["status"] == "ok" and h["registry_error"] is None and h["model_version"] == v2

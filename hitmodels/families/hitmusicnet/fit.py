@@ -23,6 +23,7 @@ from hitmodels.config import CLASS_NAMES, TrainConfig
 from hitmodels.devices import Parallel, resolve_device, shard_rows, torch_threads  # noqa: F401 (re-exported)
 from hitmodels.families.base import Fitted
 from hitmodels.predict import Preprocessor, class_labels, class_thresholds
+from hitmodels.tracking import EpochMetrics
 
 from .model import HitMusicPyfunc, ModelMeta
 from .network import HitMusicNet, initialise
@@ -88,6 +89,7 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
     # Each worker takes its share of the batch one worker would take: the same steps per epoch and the same
     # gradient (a mean over the whole batch), so the tuned configuration means the same thing here.
     batch_size = max(1, effective_batch_size(cfg.batch_size, n * par.world_size) // par.world_size)
+    epoch_log = EpochMetrics()  # a server restart mid-training costs no epoch and no metric
     for epoch in range(epochs):
         trained.train()
         total = 0.0
@@ -103,7 +105,7 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
         train_loss, val = par.mean([total / n, val])
         history.append({"train_loss": train_loss, "val_loss": val})
         if log_prefix is not None and mlflow.active_run():
-            mlflow.log_metrics({f"{log_prefix}train_loss": train_loss, f"{log_prefix}val_loss": val}, step=epoch)
+            epoch_log.log({f"{log_prefix}train_loss": train_loss, f"{log_prefix}val_loss": val}, epoch)
         if on_epoch is not None:
             on_epoch(epoch, history[-1])
         if val < best - 1e-7:
@@ -113,6 +115,7 @@ def fit_early_stopping(model: nn.Module, loss_fn, x_train: torch.Tensor, y_train
             if waited >= cfg.patience:
                 break
     model.load_state_dict(best_state)
+    epoch_log.close()
     return history
 
 
