@@ -11,10 +11,13 @@ columns): features are then extracted first, exactly as ``hitmusic extract`` doe
 or a mel store directory.
 
 The alias is resolved to one version before the job starts, so every row of a run is scored by the same
-version even if the alias moves meanwhile. Output per row: ``track_id, popularity, class``, the interval and
-class probabilities when the model gives them, ``model_name, model_version, error``. A row that cannot be
+version even if the alias moves meanwhile. Output per row: ``track_id, row_key, popularity, class``, the
+interval and class probabilities when the model gives them, ``model_name, model_version, error``. A row that cannot be
 scored (failed extraction, a value the model rejects) keeps its place with null scores and the reason in
-``error``: rows in = rows out. Re-running into the same OUT_DIR skips track_ids already scored there. One run
+``error``: rows in = rows out. Re-running into the same OUT_DIR skips the rows already scored there, found by
+their ``row_key`` (as ``hitmusic extract`` keys its rows: a track's first row by its id, a later row with
+the same id as ``<id>#<k>``, a row without an id as ``#row<n>``, its position); so duplicate track ids and
+rows without one are each scored once, and rows appended to the input since are scored on resume. One run
 writes into an OUT_DIR at a time, and each part appears whole or not at all (:mod:`hitmodels.outdir`; an
 ``s3://`` OUT_DIR is not locked); an unreadable part (from versions that wrote in place) is moved to
 ``OUT_DIR/_quarantine/`` and its rows redone.
@@ -43,9 +46,11 @@ from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.predict import PRECISIONS
 from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
 from hitmodels.services import init_ray
+from hitmodels.data import ROW_KEY, row_keys
 from hitmodels.storage import filesystem
 
-BASE_COLUMNS = [("track_id", pa.string()), ("popularity", pa.float64()), ("class", pa.string())]
+BASE_COLUMNS = [("track_id", pa.string()), (ROW_KEY, pa.string()), ("popularity", pa.float64()),
+                ("class", pa.string())]
 TEXT_OUTPUTS = ("class", "popularity_class")  # outputs that are class names; every other one is a number
 TAIL_COLUMNS = [("model_name", pa.string()), ("model_version", pa.string()), ("error", pa.string())]
 
@@ -163,6 +168,9 @@ def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, sch
     for f in schema:
         if f.name == "track_id":
             arrays.append(batch.column("track_id").cast(pa.string()))
+        elif f.name == ROW_KEY:  # the input row's key, which a resume looks for
+            arrays.append(batch.column(ROW_KEY).cast(pa.string()) if ROW_KEY in batch.column_names
+                          else pa.nulls(n, pa.string()))
         elif f.name == "model_name" or f.name == "model_version":
             arrays.append(pa.array(np.full(n, ref.name if f.name == "model_name" else ref.version, dtype=object),
                                    type=f.type))
@@ -263,6 +271,8 @@ def score_mel_batch(batch: pa.Table, ref: ModelRef, tracking_uri: str | None, sc
         return {c: out[c].to_numpy() for c in out.columns}
 
     plain = batch.drop_columns([c for c in ("error",) if c in batch.column_names])
+    if ROW_KEY not in plain.column_names:  # a store from before row keys: its rows are keyed by track_id
+        plain = plain.append_column(ROW_KEY, plain.column("track_id").cast(pa.string()))
     return score_table(predict, [], ref, plain, schema, (np.arange(len(df))[:, None], errors))
 
 
@@ -275,34 +285,81 @@ def parquet_pieces(fs: pafs.FileSystem, path: str) -> list[dict]:
     return pieces
 
 
+def piece_keys(fs: pafs.FileSystem, pieces: list[dict]) -> list[str]:
+    """Per piece, as JSON ``{row in the group: key}``, the rows whose :func:`hitmodels.data.row_keys` key is
+    not their track_id (a duplicate id's later rows, rows without one); usually ``{}``. Worked out here from
+    the track_id column alone, in the pieces' order, since a duplicate's key depends on the rows before it."""
+    import json
+
+    ids = []
+    for piece in pieces:
+        with fs.open_input_file(piece["path"]) as f:
+            ids.append(pq.ParquetFile(f).read_row_group(piece["row_group"], columns=["track_id"])
+                       .column("track_id").cast(pa.string()).to_pylist())
+    keys = iter(row_keys([t for group in ids for t in group])[0])
+    return [json.dumps({i: k for i, (t, k) in enumerate(zip(group, keys)) if k != t}) for group in ids]
+
+
 def row_group_batches(fs: pafs.FileSystem, path: str, row_group: int, columns: list[str] | None,
-                      batch_size: int):
-    """Slices of at most ``batch_size`` rows of one row group. The row group is read whole: pyarrow's
-    ``iter_batches`` decodes ahead and peaked at 3.6x the memory of one row group here."""
+                      batch_size: int, other_keys: dict[int, str] | None = None):
+    """Slices of at most ``batch_size`` rows of one row group; with ``other_keys``, each with a
+    :data:`ROW_KEY` column: the row's track_id, or ``other_keys[row in the group]`` where the row's key is
+    not its id (:func:`piece_keys`). The row group is read whole: pyarrow's ``iter_batches`` decodes ahead
+    and peaked at 3.6x the memory of one row group here."""
     with fs.open_input_file(path) as f:
         table = pq.ParquetFile(f, pre_buffer=False).read_row_group(row_group, columns=columns)
     for start in range(0, table.num_rows, batch_size):
-        yield table.slice(start, batch_size)
+        part = table.slice(start, batch_size)
+        if other_keys is not None:
+            keys = part.column("track_id").cast(pa.string())
+            if other_keys:
+                keys = pa.array([other_keys.get(start + i, k) for i, k in enumerate(keys.to_pylist())],
+                                pa.string())
+            part = part.append_column(ROW_KEY, keys)
+        yield part
 
 
 def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
                  fs: pafs.FileSystem, read_columns: list[str], batch_size: int, done: pa.Array | None,
                  precision: str = "fp32") -> pa.Table:
     """Ray Data task over Parquet row groups: read only the columns the model needs, skip rows already
-    scored, score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
+    scored (by row key), score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
     columns out of the object store (3x the plain loop's time when Ray Data read them and passed them on)."""
     model = cached_model(ref, tracking_uri)
     features = model.columns
     predict = array_predictor(model, features, precision)
     outs = []
-    for path, row_group in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist()):
-        for batch in row_group_batches(fs, path, row_group, read_columns, batch_size):
+    import json
+
+    for path, row_group, other in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist(),
+                                      pieces.column("other_keys").to_pylist()):
+        other_keys = {int(i): k for i, k in json.loads(other).items()}
+        for batch in row_group_batches(fs, path, row_group, read_columns, batch_size, other_keys):
             if done is not None:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column("track_id").cast(pa.string()),
-                                                        value_set=done)))
+                batch = batch.filter(pc.invert(pc.is_in(batch.column(ROW_KEY), value_set=done)))
             if batch.num_rows:
                 outs.append(score_table(predict, features, ref, batch, schema))
     return pa.concat_tables(outs) if outs else schema.empty_table()
+
+
+def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int = 4096):
+    """The rows of a CSV or Parquet table (an audio manifest, a CSV feature table), read here on the driver,
+    each with its :data:`ROW_KEY` (:func:`hitmodels.data.row_keys`), without those in ``done``, as a Ray
+    Dataset of ``block_rows``-row blocks. Read whole, so meant for manifests (a few columns per track); a big
+    feature table is scored from Parquet row groups in the tasks instead (:func:`score_pieces`)."""
+    import pyarrow.csv as pacsv
+    import ray
+
+    if path.endswith(".csv"):
+        with fs.open_input_stream(path) as f:
+            t = pacsv.read_csv(f)
+    else:
+        t = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+    t = t.append_column(ROW_KEY, pa.array(row_keys(t.column("track_id").cast(pa.string()).to_pylist())[0],
+                                          pa.string()))
+    if done:
+        t = t.filter(pc.invert(pc.is_in(t.column(ROW_KEY), value_set=pa.array(sorted(done), pa.string()))))
+    return ray.data.from_arrow([t.slice(i, block_rows) for i in range(0, t.num_rows, block_rows)] or [t])
 
 
 def input_columns(uri: str) -> list[str]:
@@ -317,10 +374,11 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 
 
 def scored(out_dir: str) -> tuple[set[str], set[str]]:
-    """The track_ids already scored in ``out_dir`` and the model versions that scored them. A part file that
-    cannot be read (cut short by a crash) is moved to ``out_dir/_quarantine`` so that its tracks count as
-    not done, are scored again, and every later read of ``out_dir`` succeeds. Rows without a track_id cannot
-    be told apart and are not counted as done."""
+    """The row keys already scored in ``out_dir`` and the model versions that scored them. A part file that
+    cannot be read (cut short by a crash in versions that wrote parts in place) is moved to
+    ``out_dir/_quarantine`` so that its rows count as not done, are scored again, and every later read of
+    ``out_dir`` succeeds. An output begun before row keys existed is refused: it can only be told apart by
+    track_id, which loses duplicate rows and repeats rows without an id."""
     fs, path = filesystem(out_dir)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return set(), set()
@@ -330,8 +388,12 @@ def scored(out_dir: str) -> tuple[set[str], set[str]]:
         if not info.path.endswith(".parquet"):
             continue
         try:
-            part = pq.read_table(info.path, columns=["track_id", "model_version"], filesystem=fs)
-            done.update(t for t in part["track_id"].to_pylist() if t is not None)
+            names = pq.read_schema(info.path, filesystem=fs).names
+            if ROW_KEY not in names:
+                raise ValueError(f"{out_dir} was begun by a version of hitmusic that kept no row keys: score into "
+                                 "a new directory")
+            part = pq.read_table(info.path, columns=[ROW_KEY, "model_version"], filesystem=fs)
+            done.update(t for t in part[ROW_KEY].to_pylist() if t is not None)
             versions.update(v for v in part["model_version"].to_pylist() if v is not None)
         except (pa.ArrowException, OSError) as exc:
             target = f"{path}/{QUARANTINE}/{info.base_name}"
@@ -390,6 +452,8 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         pieces = parquet_pieces(fs, path)
         if not pieces:
             raise ValueError(f"{table} holds no Parquet row groups")
+        for piece, other in zip(pieces, piece_keys(fs, pieces)):
+            piece["other_keys"] = other
         wanted = ["track_id", *columns, *(["error"] if "error" in have else [])]
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
             score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1,
@@ -397,13 +461,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
                        "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None,
                        "precision": precision})
     else:
-        ds = (ray.data.read_csv(path, filesystem=fs) if path.endswith(".csv")
-              else ray.data.read_parquet(path, filesystem=fs))
-        if done:
-            from ray.data.expressions import col
-
-            ds = ds.filter(expr=~col("track_id").is_in(sorted(done)))
-        ds = ds.map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
+        ds = keyed_rows(fs, path, done).map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
                             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema,
                                        "extract": extract, "precision": precision,
                                        "policy": policy or InputPolicy.for_manifest(table),
@@ -415,7 +473,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
 
 
 def _done_and_same_version(out_dir: str, ref: ModelRef) -> set[str]:
-    """Track ids already scored in ``out_dir``; refuses an output scored by another version."""
+    """Row keys already scored in ``out_dir``; refuses an output scored by another version."""
     done, versions = scored(out_dir)
     if versions - {ref.version}:
         # one output, one version: finishing an interrupted run with another one would mix them silently
@@ -423,7 +481,7 @@ def _done_and_same_version(out_dir: str, ref: ModelRef) -> set[str]:
                          f"version {ref.version}: score into a new directory, or pass --version "
                          f"{sorted(versions)[0]} to finish the earlier run")
     if done:
-        print(f"score: {len(done)} tracks already scored in {out_dir}: skipped", file=sys.stderr)
+        print(f"score: {len(done)} rows already scored in {out_dir}: skipped", file=sys.stderr)
     return done
 
 
@@ -450,22 +508,28 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
             raise ValueError(f"the mel store {table} holds no segments yet")
         # only the segment the model takes (hl30 is null where it is mid30's): half a store's bytes for mid30
         columns = ["track_id", "error", "mid30"] + (["hl30"] if model.segment == "hl30" else []) + tagged
+        # a store row's own key (a store from before row keys: its track_id), not a position: a store that
+        # grew since (hitmusic mels resumed) still resumes
+        key = ROW_KEY if all(ROW_KEY in pq.read_schema(f, filesystem=store.fs).names for f in store.files) \
+            else "track_id"
+        columns += [ROW_KEY] if key == ROW_KEY else []
         source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns)
     elif "audio_uri" in have:
         if features.tagger_columns(model.columns[1:]):
             features.load_tagger()  # here, before the job: a missing wheel is one clear error, not one per task
         fs, path = filesystem(table)
         source = "audio"
-        read = ray.data.read_csv(path, filesystem=fs) if path.endswith(".csv") else \
-            ray.data.read_parquet(path, filesystem=fs)
+        done = _done_and_same_version(out_dir, ref)
+        read = keyed_rows(fs, path, done, block_rows=64)
     else:
         raise ValueError(f"{ref.uri} is a {model.family} model on log-mel segments: score an audio manifest "
                          f"(audio_uri) or a mel store (hitmusic mels), not {table}")
-    done = _done_and_same_version(out_dir, ref)
-    if done:
-        from ray.data.expressions import col
+    if source == "store":
+        done = _done_and_same_version(out_dir, ref)
+        if done:
+            from ray.data.expressions import col
 
-        read = read.filter(expr=~col("track_id").is_in(sorted(done)))
+            read = read.filter(expr=~col(key).is_in(sorted(done)))
     schema = output_schema(model_outputs(model))
     ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
                           batch_format="pyarrow", num_cpus=1,

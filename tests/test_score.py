@@ -109,25 +109,39 @@ def test_score_resume_quarantines_a_part_cut_short(model, tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_resume_refuses_to_mix_versions_and_copes_with_rows_without_id(model, tmp_path):
+def test_resume_refuses_to_mix_versions_and_keeps_duplicate_and_missing_ids(model, tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines import score
 
     table = random_table(9, n=40)
-    table.loc[5, "track_id"] = None  # a row that cannot be told apart from another: scored, never "done"
+    table["track_id"] = table["track_id"].astype(object)
+    table.loc[5, "track_id"] = None  # keyed by its position: scored once, found done on resume
+    table.loc[30, "track_id"] = table.loc[7, "track_id"]  # a duplicate, in another row group: its own row
     path = tmp_path / "table.parquet"
-    table.to_parquet(path)
+    table.to_parquet(path, row_group_size=10)
     out = tmp_path / "scores"
     score.run(path, out, MODEL)
-    score.run(path, out, MODEL)  # resuming must not trip over the null id
+    first = score.read_scores(out)
+    assert len(first) == 40 and first["row_key"].is_unique
+    assert set(first["row_key"]) == {*table["track_id"].drop([5, 30]), "#row6", f"{table.loc[7, 'track_id']}#2"}
+    # an interrupted run: the part holding the duplicate's row is lost; resuming scores that row alone
+    lost = [f for f in out.glob("*.parquet") if "#" in "".join(pq.read_table(f, columns=["row_key"])["row_key"]
+                                                             .to_pylist() or [""]) and
+            f"{table.loc[7, 'track_id']}#2" in pq.read_table(f, columns=["row_key"])["row_key"].to_pylist()]
+    assert len(lost) == 1
+    lost[0].unlink()
+    score.run(path, out, MODEL)
     again = score.read_scores(out)
-    assert again["track_id"].dropna().is_unique and set(again["track_id"].dropna()) == set(table["track_id"].dropna())
+    print(f"input rows 40, scored rows after the resume {len(again)}")
+    assert len(again) == 40 and again["row_key"].is_unique
+    assert set(again["track_id"].dropna()) == set(table["track_id"].dropna())
 
     # an output begun by another version is not finished with this one
     other = tmp_path / "other"
     other.mkdir()
-    pq.write_table(pa.table({"track_id": ["t9_0"], "model_name": [MODEL], "model_version": ["999"]}),
+    pq.write_table(pa.table({"track_id": ["t9_0"], "row_key": ["t9_0"], "model_name": [MODEL],
+                             "model_version": ["999"]}),
                    other / "part-0.parquet")
     with pytest.raises(ValueError, match=r"version\(s\) \['999'\].*--version 999"):
         score.run(path, other, MODEL)
