@@ -132,6 +132,27 @@ def haproxy_binary() -> str | None:
     return None
 
 
+# How HAProxy treats a replica that dies (Ray's defaults: 5 s to connect or to wait in the queue for a
+# server, no server timeout, a health check every 5 s, retries on connection failure only).
+HAPROXY_FAILOVER = {
+    # with no replica up, a request waits this long in HAProxy's queue (it falls back to the connect
+    # timeout), then gets a 503: an answer within about a second, not a hang
+    "RAY_SERVE_HAPROXY_TIMEOUT_CONNECT_S": "1",
+    # a replica that accepted a request and never answers: 504 after this long (the longest legitimate
+    # request, a 15-minute upload's extraction, takes seconds)
+    "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": "120",
+    # every endpoint is a pure function of its request, so a request a dying replica dropped (connection
+    # refused or reset, no or a cut-off response) is safe to send to another one. A dead replica is marked
+    # down after the errors HAProxy sees; the health check is left at Ray's 5 s, which is also how long a
+    # check may take: a 1 s one marked healthy replicas down while a new one started on a 2-core machine.
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response 503",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
+    # with every replica of an app down: HAProxy's 503 at once, not a wait in Ray's Python proxy until a
+    # replica is back (serve/haproxy_loopback.sh)
+    "HITMUSIC_HAPROXY_FAIL_FAST": "1",
+}
+
+
 def serve_runtime_env(ingress: str = "auto", private_dir: Path | None = None) -> dict[str, str]:
     """``RAY_SERVE_*`` settings for the processes of a Ray instance about to start (Serve reads them once,
     at import, in its controller, proxies and replicas, so they go in the environment of ``ray start`` or of
@@ -157,7 +178,7 @@ def serve_runtime_env(ingress: str = "auto", private_dir: Path | None = None) ->
         # Serve runs our wrapper, which moves HAProxy's stats and metrics listeners to loopback and makes its
         # admin socket private before it becomes the real binary (serve/haproxy_loopback.sh)
         env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_BINARY_PATH=str(HAPROXY_WRAPPER),
-                   HITMUSIC_HAPROXY_REAL=binary)
+                   HITMUSIC_HAPROXY_REAL=binary, **{k: os.environ.get(k, v) for k, v in HAPROXY_FAILOVER.items()})
     if private_dir is not None:
         d = Path(private_dir)
         env.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()),

@@ -25,17 +25,33 @@ APP_NAME = "hitmusic"
 PROXY_LOGGING = {"enable_access_log": False}
 
 
+# Below this many CPUs in the cluster one replica is the default: two replicas hold a CPU between them (0.5
+# each), and the batch jobs of a 2-core machine need one each.
+MIN_CPUS_FOR_TWO_REPLICAS = 4
+
+
+def default_replicas() -> int:
+    """Replicas of ``--replicas auto``: two (a replica can die without an outage) where the cluster has
+    :data:`MIN_CPUS_FOR_TWO_REPLICAS` CPUs, else one."""
+    import ray
+
+    return 2 if ray.cluster_resources().get("CPU", 0) >= MIN_CPUS_FOR_TWO_REPLICAS else 1
+
+
 def deploy(settings: ServeSettings = ServeSettings(), host: str = "127.0.0.1", port: int = 8000,
-           app_name: str = APP_NAME, route_prefix: str = "/") -> str:
-    """Start Serve's HTTP proxy on ``host:port`` (if it is not up yet) and (re)deploy the app; returns the
-    app's base URL. An already running proxy keeps its own address, which is what the URL reports."""
+           app_name: str = APP_NAME, route_prefix: str = "/", replicas: int | None = None) -> str:
+    """Start Serve's HTTP proxy on ``host:port`` (if it is not up yet) and (re)deploy the app with
+    ``replicas`` replicas (default :func:`default_replicas`); returns the app's base URL. An already running
+    proxy keeps its own address, which is what the URL reports."""
     from ray import serve
 
     from serve.app import HitMusicService
 
     init_ray()
+    replicas = replicas or default_replicas()
     serve.start(http_options={"host": host, "port": port}, logging_config=PROXY_LOGGING)
-    serve.run(HitMusicService.bind(asdict(settings)), name=app_name, route_prefix=route_prefix)
+    serve.run(HitMusicService.options(num_replicas=replicas).bind(asdict(settings)), name=app_name,
+              route_prefix=route_prefix)
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
@@ -55,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds between registry polls for a moved alias (default {d.poll_interval_s})")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--replicas", default="auto",
+                   help="replicas of the service: a number, or auto (default: 2 where the cluster has at least "
+                        f"{MIN_CPUS_FOR_TWO_REPLICAS} CPUs, so that one can die without an outage; else 1, and "
+                        "while that one restarts requests answer 503 within about a second)")
     p.add_argument("--route-prefix", default=None,
                    help="URL prefix of the service (default / for hitmusicnet, /<model> for any other model)")
 
@@ -63,7 +83,10 @@ def main_from_args(args: argparse.Namespace) -> int:
     settings = ServeSettings(model_name=args.model, alias=args.alias, tracking_uri=args.tracking_uri,
                              poll_interval_s=args.poll_interval)
     app_name, prefix = placement(args.model)
-    url = deploy(settings, args.host, args.port, app_name, args.route_prefix or prefix)
+    replicas = None if args.replicas == "auto" else int(args.replicas)
+    if replicas is not None and replicas < 1:
+        raise ValueError(f"--replicas {args.replicas}: at least 1")
+    url = deploy(settings, args.host, args.port, app_name, args.route_prefix or prefix, replicas)
     print(f"serving {args.model}@{args.alias} at {url} (docs: {url}/docs)")
     return 0
 

@@ -7,6 +7,10 @@
 # variable names, see hitmodels/services.py) edits CONFIG in place, then becomes the real HAProxy.
 #   HITMUSIC_HAPROXY_REAL  the real binary (set by hitmodels.services.serve_runtime_env)
 #   HITMUSIC_HAPROXY_BIND  address for stats/metrics (default 127.0.0.1; a cluster's Prometheus may need more)
+#   HITMUSIC_HAPROXY_FAIL_FAST=1  no backup route through Ray's Python proxy, and HAProxy's own status codes:
+#       with every replica of an app down, a request then gets HAProxy's 503 at once. Serve's template sends it
+#       to the Python proxy instead, which holds it until a replica is back (15-40 s for ours, longer than
+#       clients wait), and rewrites HAProxy's 502/503/504 into 500, which says "a bug" to a client.
 # Fails closed: a config it cannot make private (a bind address that is not an IP, a template that changed
 # shape) stops HAProxy from starting rather than listening on every interface.
 real="${HITMUSIC_HAPROXY_REAL:-/usr/sbin/haproxy}"
@@ -21,6 +25,12 @@ for a in "$@"; do
     prev="$a"
 done
 if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+    if [ "${HITMUSIC_HAPROXY_FAIL_FAST:-0}" = "1" ]; then
+        sed -i -E \
+            -e '/^[[:space:]]*server[[:space:]]+SERVE_PROXY_ACTOR-fallback-[^[:space:]]+[[:space:]].*[[:space:]]backup[[:space:]]*$/d' \
+            -e '/^[[:space:]]*errorfile[[:space:]]+50[234][[:space:]]/d' \
+            "$cfg" || exit 1
+    fi
     sed -i -E \
         -e "s/^([[:space:]]*bind[[:space:]]+)\*?:([0-9]+)[[:space:]]*$/\1${bind}:\2/" \
         -e 's/^([[:space:]]*stats socket[[:space:]]+[^[:space:]]+[[:space:]]+mode[[:space:]]+)666/\1600/' \
