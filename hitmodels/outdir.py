@@ -120,14 +120,22 @@ def write_part(table: pa.Table, fs: pafs.FileSystem, path: str) -> pa.Table:
     return pa.table({"part": pa.array([name if table.num_rows else None], pa.string()), "rows": [table.num_rows]})
 
 
-def write_dataset(ds, out: str) -> int:
+def write_dataset(ds, out: str, set_aside_failed: bool = False) -> int:
     """Write a Ray Dataset of Arrow blocks into ``out`` (local or ``s3://``) with :func:`write_part`, one part
     per block; returns the rows written. The path and filesystem are resolved here, on the driver (a worker's
-    working directory is not the user's); the lock is the caller's (:func:`exclusive`)."""
+    working directory is not the user's); the lock is the caller's (:func:`exclusive`). ``set_aside_failed``:
+    a block whose task failed after its retries is left out instead of failing the job
+    (:func:`hitmodels.isolate.set_errored_blocks_aside`)."""
     fs, path = filesystem(out)
     fs.create_dir(path, recursive=True)
+    from .isolate import TASK_RETRIES, set_errored_blocks_aside
+
+    # the jobs' tasks are retried TASK_RETRIES times: the writer with the same bound fuses with them into one
+    # task per block, so a block's rows go from its features to its part without the object store
     written = ds.map_batches(write_part, fn_kwargs={"fs": fs, "path": path}, batch_size=None,
-                             batch_format="pyarrow", zero_copy_batch=True)
+                             batch_format="pyarrow", zero_copy_batch=True, max_retries=TASK_RETRIES)
+    if set_aside_failed:
+        written = set_errored_blocks_aside(written)
     return sum(int(r["rows"]) for r in written.take_all())
 
 

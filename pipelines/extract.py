@@ -52,7 +52,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hitmodels import audio, features, lyrics, outdir
+from hitmodels import audio, features, isolate, lyrics, outdir
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import ROW_KEY, keyed_manifest, read_manifest
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -278,12 +278,14 @@ def _task_env(uris: pd.Series) -> dict:
 
 def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureConfig(),
         batch_size: int = 4, block_size: int = 64, device: str = "auto", torch_batch_size: int = 16,
-        policy: InputPolicy | None = None) -> Counter:
+        policy: InputPolicy | None = None, batch_task=None) -> Counter:
     """Extract features for every track of ``manifest`` not yet in ``out_dir``; returns counts per outcome.
 
     ``device``: ``auto`` (the torch path when the cluster has a GPU), ``cpu`` or ``torch``; see the module
     docstring. ``torch_batch_size``: clips per torch batch. ``policy``: which audio URIs may be read and the
-    input bounds (default :meth:`InputPolicy.for_manifest`: the manifest's directory and ``$HITMUSIC_HOME``)."""
+    input bounds (default :meth:`InputPolicy.for_manifest`: the manifest's directory and ``$HITMUSIC_HOME``).
+    ``batch_task``: the CPU path's task (default :func:`extract_batch`; the poison-row tests pass one that
+    kills its worker on one row). A row whose worker dies gets ``worker_died`` (:mod:`hitmodels.isolate`)."""
     import ray
 
     policy = policy or InputPolicy.for_manifest(manifest)
@@ -312,12 +314,15 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                 print("extract: the cluster has GPUs but torch cannot use them there (a CPU build of torch?); "
                       "audio features on the CPU path", file=sys.stderr)
                 device = "cpu"
+            task = batch_task or extract_batch
             if not use_torch(device, n_gpus):
-                ds = ds.map_batches(extract_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
-                                    batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
+                ds = ds.map_batches(task, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
+                                    batch_format="pandas", num_cpus=1, max_retries=isolate.TASK_RETRIES,
+                                    **_task_env(todo["audio_uri"]))
             else:
                 ds = ds.map_batches(decode_batch, fn_kwargs={"cfg": cfg, "policy": policy}, batch_size=batch_size,
-                                    batch_format="pandas", num_cpus=1, **_task_env(todo["audio_uri"]))
+                                    batch_format="pandas", num_cpus=1, max_retries=isolate.TASK_RETRIES,
+                                    **_task_env(todo["audio_uri"]))
                 # ACTORS_PER_GPU actors share each GPU; without a usable GPU (--device torch), one actor on one CPU
                 n_actors = int(n_gpus) * ACTORS_PER_GPU if on_gpu else 1
                 ds = ds.map_batches(TorchFeatures,
@@ -327,7 +332,14 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                                     compute=ray.data.ActorPoolStrategy(size=n_actors))
                 print(f"extract: audio features with torch, {n_actors} actor(s) on "
                       f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
-            outdir.write_dataset(ds, str(out_dir))
+            outdir.write_dataset(ds, str(out_dir), set_aside_failed=True)
+            # the rows of batches whose worker kept dying, each on its own (on the CPU path)
+            lost = todo[~todo[ROW_KEY].isin(done_keys(out_dir))]
+            for table in isolate.redo_one_by_one(
+                    lost, task, {"cfg": cfg, "policy": policy},
+                    lambda row, reason: features.rows_to_table([{**row.iloc[0].to_dict(), "error": reason}], cfg),
+                    "extract", _task_env(todo["audio_uri"])):
+                outdir.write_part(table, pafs.LocalFileSystem(), str(out_dir))
         counts = summary(out_dir)
         print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
               file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from hitmodels import melstore, outdir
+from hitmodels import isolate, melstore, outdir
 from hitmodels.config import InputPolicy, MelConfig
 from hitmodels.data import ROW_KEY, keyed_manifest, read_manifest
 from hitmodels.entry import module_main
@@ -66,10 +66,18 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
             outdir.write_part(melstore.rows_to_table(failed.to_dict("records"), tags), fs, root)
         if len(todo):
             chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
+            kwargs = {"cfg": cfg, "policy": policy, "tags": tags}
             ds = ray.data.from_pandas(chunks).map_batches(
-                mel_batch, fn_kwargs={"cfg": cfg, "policy": policy, "tags": tags}, batch_size=batch_size, batch_format="pandas",
-                num_cpus=1, **_task_env(todo["audio_uri"]))
-            outdir.write_dataset(ds, store)
+                mel_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="pandas", num_cpus=1,
+                max_retries=isolate.TASK_RETRIES, **_task_env(todo["audio_uri"]))
+            outdir.write_dataset(ds, store, set_aside_failed=True)
+            # the rows of batches whose worker kept dying, each on its own (hitmodels.isolate)
+            lost = todo[~todo[ROW_KEY].isin(outdir.done_keys(fs, melstore.readable_parts(fs, root)))]
+            for table in isolate.redo_one_by_one(
+                    lost, mel_batch, kwargs,
+                    lambda row, reason: melstore.rows_to_table([{**row.iloc[0].to_dict(), "error": reason}], tags),
+                    "mels", _task_env(todo["audio_uri"])):
+                outdir.write_part(table, fs, root)
         counts = Counter(error_reason(e if isinstance(e, str) else None)
                          for e in melstore.MelStore(store).index()["error"])
         print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)

@@ -38,7 +38,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hitmodels import outdir
+from hitmodels import isolate, outdir
 from hitmodels.entry import module_main
 from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.fetch import add_policy_arguments, policy_from_args
@@ -456,7 +456,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
             piece["other_keys"] = other
         wanted = ["track_id", *columns, *(["error"] if "error" in have else [])]
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-            score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1,
+            score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "fs": fs, "read_columns": wanted,
                        "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None,
                        "precision": precision})
@@ -466,7 +466,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
                                        "extract": extract, "precision": precision,
                                        "policy": policy or InputPolicy.for_manifest(table),
                                        "base": manifest_dir(table)},
-                            batch_format="pyarrow", num_cpus=1)
+                            batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES)
     outdir.write_dataset(ds, out_dir)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
@@ -532,7 +532,7 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
             read = read.filter(expr=~col(key).is_in(sorted(done)))
     schema = output_schema(model_outputs(model))
     ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
-                          batch_format="pyarrow", num_cpus=1,
+                          batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
                           fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
                                      "policy": policy or InputPolicy.for_manifest(table),
                                      "base": manifest_dir(table) if source == "audio" else None})

@@ -50,3 +50,30 @@ def test_extract_resumes_a_manifest_with_duplicates_without_losing_or_repeating_
     # the model table keeps one row per manifest row; training only learns from the good ones
     table = extract.read_features(out)
     assert len(table) == len(manifest) and (table["track_id"] == a[0]).sum() == 3
+
+
+@pytest.mark.integration
+def test_a_row_that_kills_its_worker_costs_that_row_only(ray_local, tiny_catalogue, tmp_path):
+    """A poison row (here: one whose task exits its worker process, as an out-of-memory kill or a native
+    crash would) is retried a bounded number of times, then becomes its own ``worker_died`` error; the
+    healthy rows of its batch are written and the job ends."""
+    from pipelines import extract
+
+    good = pd.read_parquet(tiny_catalogue["manifest"]).head(6)
+    good.to_parquet(tmp_path / "m.parquet")
+    poison = good["track_id"].iloc[2]
+
+    def crashing(batch, cfg, policy=None):
+        import os
+
+        from pipelines.extract import extract_batch
+
+        if poison in set(batch["track_id"]):
+            os._exit(1)  # the worker process dies, as under the OOM killer
+        return extract_batch(batch, cfg, policy)
+
+    counts = extract.run(tmp_path / "m.parquet", tmp_path / "out", batch_size=3, block_size=6, batch_task=crashing)
+    raw = pd.concat([pq.read_table(p).to_pandas() for p in (tmp_path / "out").glob("*.parquet")], ignore_index=True)
+    print(f"rows in 6, rows out {len(raw)}, counts {dict(counts)}")
+    assert counts == {"ok": 5, "worker_died": 1} and len(raw) == 6 and raw["row_key"].is_unique
+    assert raw.set_index("row_key").loc[poison, "error"].startswith("worker_died: the worker processing this row died")
