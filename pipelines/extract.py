@@ -67,7 +67,7 @@ def extract_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy |
     worker only costs its batch (retried by Ray). Ray reuses a task's worker process, and with it the loaded
     tagger."""
     rows = features.extract_rows(list(zip(batch["track_id"], batch["audio_uri"], batch["lyrics"])), cfg, policy)
-    for row, key in zip(rows, batch[ROW_KEY]):
+    for row, key in zip(rows, batch[ROW_KEY] if ROW_KEY in batch else batch["track_id"]):
         row[ROW_KEY] = key
     return features.rows_to_table(rows, cfg)
 
@@ -98,7 +98,8 @@ def decode_batch(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolicy | 
     :data:`DECODED_SCHEMA` table. The audio features are left to :class:`TorchFeatures`."""
     rows = []
     rates = (cfg.sr, features.tag_sr()) if cfg.tags else (cfg.sr,)  # tag_sr: a missing wheel fails here
-    for track_id, key, uri, text in zip(batch["track_id"], batch[ROW_KEY], batch["audio_uri"], batch["lyrics"]):
+    keys = batch[ROW_KEY] if ROW_KEY in batch else batch["track_id"]  # a caller's own batch: keyed by its ids
+    for track_id, key, uri, text in zip(batch["track_id"], keys, batch["audio_uri"], batch["lyrics"]):
         row = {"track_id": str(track_id), ROW_KEY: key, "error": None, "lyric_error": None, "sr": None,
                "pcm": None, "pcm_tags": None}
         try:

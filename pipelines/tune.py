@@ -124,15 +124,20 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     experiment = mlflow.set_experiment(f"{base.experiment}-tune")
     exp_dir = storage / name
     state_file = exp_dir / "hitmusic_tune.json"
-    if state_file.exists():  # resuming: keep the parent run of the interrupted job
+    settings = job_settings(table, family=family, search=search, num_samples=num_samples, epochs=epochs,
+                            grace_period=grace_period, cpus_per_trial=cpus_per_trial,
+                            gpus_per_trial=gpus_per_trial, train_workers=train_workers, base=asdict(base))
+    if state_file.exists():  # resuming: the same job, with the parent run of the interrupted one
         state = json.loads(state_file.read_text())
+        check_resume(name, state.get("settings"), settings)
         parent_run_id = state["parent_run_id"]
     else:
         parent = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=f"tune-{name}",
                                                   tags={"model_family": family, "tune_name": name})
         parent_run_id = parent.info.run_id
         exp_dir.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"parent_run_id": parent_run_id}))
+        state = {"parent_run_id": parent_run_id, "settings": settings}
+        state_file.write_text(json.dumps(state))
 
     gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_trial and not gpus:
@@ -146,6 +151,13 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     context = {"table": table, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
                "experiment_id": experiment.experiment_id, "base": asdict(base), "family": family}
     trainable = tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if state.get("registered"):  # a finished job run again: nothing to train, nothing new to register
+        from hitmodels.train import TrainResult
+
+        done = TrainResult(**state["registered"])
+        print(f"tune: job {name} finished already: it registered {done.model_name} version {done.version}; "
+              "nothing new is trained or registered (another --name starts a new job)", file=sys.stderr)
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable).get_results(), done
     if tune.Tuner.can_restore(str(exp_dir)):
         print(f"tune: resuming {exp_dir}", file=sys.stderr)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
@@ -169,8 +181,38 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     # out tracks without a segment)
     registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
                                       {"tune_name": name}, retrain_gpu)
+    state_file.write_text(json.dumps({**state, "registered": asdict(registered)}))
     client.set_terminated(parent_run_id)
     return results, registered
+
+
+def job_settings(table: str, **settings) -> dict:
+    """What a tuning job is: its settings and its table's content (SHA-256 of its file(s)), as JSON stores
+    them. A resume must match them (:func:`check_resume`)."""
+    import hashlib
+
+    path = Path(table)
+    digest = hashlib.sha256()
+    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if f.is_file():
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return json.loads(json.dumps({**settings, "table": table, "table_sha256": digest.hexdigest()}))
+
+
+def check_resume(name: str, before: dict | None, now: dict) -> None:
+    """Refuse to resume tuning job ``name`` with other settings or another table than it was started with:
+    its finished trials would then be ranked beside trials of another job, and the best retrained on data it
+    was not chosen on."""
+    if before is None:  # a job started before its settings were recorded
+        raise ValueError(f"tuning job {name!r} was started by a version that did not record its settings: start "
+                         "a new job (another --name)")
+    changed = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
+    if changed:
+        shown = {k: ("(changed)" if k == "table_sha256" else v) for k, v in changed.items()}
+        raise ValueError(f"tuning job {name!r} was started with other settings or another table {shown} (before, "
+                         "now): resume it with the same ones, or start a new job with another --name")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -79,6 +79,19 @@ def test_resumed_tune_does_not_repeat_finished_trials(tuned, table_path, mlflow_
     trials = [r for r in _trial_runs(mlflow_uri, parent_id) if "tune_trial" in r.data.tags]
     assert len(trials) == 3  # the same three, not three more
     assert len(results) == 3
+    # a finished job run again registers nothing new and names the version it registered
+    assert reg.version == tuned["reg"].version and reg.metrics == tuned["reg"].metrics
+    assert len(c.search_model_versions(f"name='{MODEL}'")) == int(tuned["reg"].version)
+
+    # a resume with other settings, or of another table, is refused before any work
+    with pytest.raises(ValueError, match=r"tuning job 't1' was started with other settings.*'epochs': \(4, 5\)"):
+        tune.run(table_path, search="random", num_samples=3, epochs=5, name="t1", storage=tuned["storage"],
+                 base=tuned["base"], tracking_uri=mlflow_uri, grace_period=2)
+    other = table_path.parent / "other.parquet"
+    random_table(12, n=160).to_parquet(other)
+    with pytest.raises(ValueError, match=r"'table_sha256': '\(changed\)'"):
+        tune.run(other, search="random", num_samples=3, epochs=4, name="t1", storage=tuned["storage"],
+                 base=tuned["base"], tracking_uri=mlflow_uri, grace_period=2)
 
 
 def test_promote_if_better_refuses_worse_and_rollback(tuned, table_path, mlflow_uri):

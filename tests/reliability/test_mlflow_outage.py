@@ -55,7 +55,7 @@ def test_training_whose_server_stops_ends_failed_and_registers_nothing(tmp_path)
     # four per request while the server is down
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "HITMUSIC_MLFLOW_END_RUN_WAIT_S": "120",
            "HITMUSIC_HOME": str(tmp_path / "home")}
-    proc = _cli("train", str(tmp_path / "t.parquet"), "--config", "1-A", "--epochs", "400", "--patience", "400",
+    proc = _cli("train", str(tmp_path / "t.parquet"), "--config", "1-A", "--epochs", "150", "--patience", "150",
                 "--no-classifier", "--experiment", "outage", "--tracking-uri", uri, env=env, cwd=tmp_path)
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
