@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .config import FeatureConfig, InputPolicy, MelConfig
@@ -204,17 +203,13 @@ class MelStore:
         self.files = readable_parts(self.fs, self.root)
 
     def index(self) -> pd.DataFrame:
-        """Every manifest row's row without the segments: track_id, row_key, error, duration and segment
-        starts (a store from before row keys: the row_key is the track_id)."""
+        """Every manifest row's row without the segments (its latest attempt, :mod:`hitmodels.outdir`):
+        track_id, row_key, error, duration, segment starts and attempt (a store from before row keys: the
+        row_key is the track_id)."""
+        from .outdir import ATTEMPT, latest, read_parts
+
         cols = [n for n in SCHEMA.names if n not in SEGMENTS]
-        if not self.files:
-            return pd.DataFrame(columns=cols)
-        ds = pads.dataset(self.files, filesystem=self.fs, format="parquet")
-        df = ds.to_table(columns=[c for c in cols if c in ds.schema.names]).to_pandas()
-        if "row_key" not in df:
-            df.insert(1, "row_key", df["track_id"])
-        df["row_key"] = df["row_key"].fillna(df["track_id"])
-        return df.drop_duplicates("row_key").reset_index(drop=True)
+        return latest(read_parts(self.fs, self.files, cols + [ATTEMPT]))
 
     def load(self, track_ids, segment: str = "hl30") -> tuple[np.ndarray, np.ndarray]:
         """``(segments (n, n_mels, n_frames) float16, found (n,) bool)`` for ``track_ids`` in their order;

@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -247,21 +246,16 @@ def part_files(out_dir: Path) -> list[Path]:
     return good
 
 
-def _column(out_dir: Path, name: str) -> list:
-    files = part_files(out_dir)
-    if not files:
-        return []
-    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=[name])[name].to_pylist()
-
-
-def done_keys(out_dir: Path) -> set[str]:
-    """Row keys (:func:`hitmodels.data.row_keys`) already written to ``out_dir`` by earlier runs."""
-    return outdir.done_keys(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)])
+def resume_state(out_dir: Path, max_attempts: int = outdir.MAX_ATTEMPTS) -> outdir.Resume:
+    """What a run into ``out_dir`` skips and retries (:func:`hitmodels.outdir.resume_state`)."""
+    return outdir.resume_state(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)], max_attempts)
 
 
 def summary(out_dir: Path) -> Counter:
-    """Rows per outcome (``ok`` or the error reason) in ``out_dir``."""
-    return Counter(features.error_reason(e) for e in _column(out_dir, "error"))
+    """Rows per outcome (``ok`` or the error reason) in ``out_dir``: each row's latest attempt."""
+    rows = outdir.latest(outdir.read_parts(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)],
+                                           ["track_id", ROW_KEY, "error", outdir.ATTEMPT]))
+    return Counter(features.error_reason(e if isinstance(e, str) else None) for e in rows["error"])
 
 
 def _task_env(uris: pd.Series) -> dict:
@@ -279,14 +273,16 @@ def _task_env(uris: pd.Series) -> dict:
 
 def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureConfig(),
         batch_size: int = 4, block_size: int = 64, device: str = "auto", torch_batch_size: int = 16,
-        policy: InputPolicy | None = None, batch_task=None) -> Counter:
+        policy: InputPolicy | None = None, batch_task=None, max_attempts: int = outdir.MAX_ATTEMPTS) -> Counter:
     """Extract features for every track of ``manifest`` not yet in ``out_dir``; returns counts per outcome.
 
     ``device``: ``auto`` (the torch path when the cluster has a GPU), ``cpu`` or ``torch``; see the module
     docstring. ``torch_batch_size``: clips per torch batch. ``policy``: which audio URIs may be read and the
     input bounds (default :meth:`InputPolicy.for_manifest`: the manifest's directory and ``$HITMUSIC_HOME``).
     ``batch_task``: the CPU path's task (default :func:`extract_batch`; the poison-row tests pass one that
-    kills its worker on one row). A row whose worker dies gets ``worker_died`` (:mod:`hitmodels.isolate`)."""
+    kills its worker on one row). A row whose worker dies gets ``worker_died`` (:mod:`hitmodels.isolate`).
+    ``max_attempts``: a row that failed is tried again by a re-run until it has failed this often
+    (:mod:`hitmodels.outdir`)."""
     import ray
 
     policy = policy or InputPolicy.for_manifest(manifest)
@@ -297,12 +293,13 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
         init_ray()
         record_feature_config(out_dir, cfg)
         df, failed = keyed_manifest(read_manifest(manifest))
-        done = done_keys(out_dir)
-        todo = df[~df[ROW_KEY].isin(done)].reset_index(drop=True)
-        failed = failed[~failed[ROW_KEY].isin(done)]
-        print(f"extract: {len(df) + len(failed)} rows in manifest, {len(done)} already in {out_dir}, "
+        state = resume_state(out_dir, max_attempts)
+        todo = df[~df[ROW_KEY].isin(state.done)].reset_index(drop=True)
+        # a duplicate or missing track_id fails by the manifest alone: written once, never retried
+        failed = failed[~failed[ROW_KEY].isin(state.latest_attempt)]
+        print(f"extract: {len(df) + len(failed)} rows in manifest; in {out_dir}: {state.line()}; "
               f"{len(todo) + len(failed)} to do", file=sys.stderr)
-        if len(failed):  # a duplicate or missing track_id: its row says so, nothing to extract
+        if len(failed):
             outdir.write_part(features.rows_to_table(failed.to_dict("records"), cfg), pafs.LocalFileSystem(),
                               str(out_dir))
         if len(todo):
@@ -333,14 +330,14 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                                     compute=ray.data.ActorPoolStrategy(size=n_actors))
                 print(f"extract: audio features with torch, {n_actors} actor(s) on "
                       f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
-            outdir.write_dataset(ds, str(out_dir), set_aside_failed=True)
+            outdir.write_dataset(ds, str(out_dir), set_aside_failed=True, attempts=state.retry)
             # the rows of batches whose worker kept dying, each on its own (on the CPU path)
-            lost = todo[~todo[ROW_KEY].isin(done_keys(out_dir))]
+            lost = outdir.not_written(todo, state, resume_state(out_dir, max_attempts))
             for table in isolate.redo_one_by_one(
                     lost, task, {"cfg": cfg, "policy": policy},
                     lambda row, reason: features.rows_to_table([{**row.iloc[0].to_dict(), "error": reason}], cfg),
                     "extract", _task_env(todo["audio_uri"])):
-                outdir.write_part(table, pafs.LocalFileSystem(), str(out_dir))
+                outdir.write_part(table, pafs.LocalFileSystem(), str(out_dir), state.retry)
         counts = summary(out_dir)
         print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
               file=sys.stderr)
@@ -369,11 +366,11 @@ def record_feature_config(out_dir: Path, cfg: FeatureConfig) -> None:
 
 
 def read_features(out_dir: str | Path) -> pd.DataFrame:
-    """The feature table written by :func:`run` (all parts), one row per track; ``attrs["feature_config"]``
-    holds the settings they were extracted with (absent for directories from before they were recorded)."""
+    """The feature table written by :func:`run` (all parts), one row per manifest row (its latest attempt);
+    ``attrs["feature_config"]`` holds the settings they were extracted with (absent for directories from before
+    they were recorded)."""
     files = [str(f) for f in part_files(Path(out_dir))]
-    df = pads.dataset(files, format="parquet").to_table().to_pandas()
-    df = df.drop_duplicates(ROW_KEY if ROW_KEY in df else "track_id")
+    df = outdir.latest(outdir.read_parts(pafs.LocalFileSystem(), files))
     path = Path(out_dir) / FEATURE_CONFIG_FILE
     if path.is_file():
         df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(path.read_text())))
@@ -399,13 +396,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "MTT_musicnn, hitmodels.tagger), batched per task (--batch-size tracks) on the CPU path, "
                         "per actor batch on the torch path (on its GPU); about 0.43 s of a core per 30 s "
                         "clip, 3.7x the rest of the extraction (benchmarks/README.md), hence off by default")
+    outdir.add_resume_argument(p)
     add_policy_arguments(p)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     cfg = FeatureConfig(sr=args.sr or None, n_mfcc=args.n_mfcc, tags=args.tags)
     run(args.manifest, args.out_dir, cfg, batch_size=args.batch_size, block_size=args.block_size,
-        device=args.device, torch_batch_size=args.torch_batch_size, policy=policy_from_args(args, args.manifest))
+        device=args.device, torch_batch_size=args.torch_batch_size, policy=policy_from_args(args, args.manifest),
+        max_attempts=args.max_attempts)
     return 0
 
 

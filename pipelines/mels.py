@@ -44,8 +44,10 @@ def mel_batch(batch: pd.DataFrame, cfg: MelConfig, policy: InputPolicy, tags: bo
 
 
 def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), batch_size: int = 4,
-        block_size: int = 64, policy: InputPolicy | None = None, tags: bool = False) -> Counter:
-    """Segments (and with ``tags`` the tag activations) of every track of ``manifest`` not yet in ``store``;
+        block_size: int = 64, policy: InputPolicy | None = None, tags: bool = False,
+        max_attempts: int = outdir.MAX_ATTEMPTS) -> Counter:
+    """Segments (and with ``tags`` the tag activations) of every track of ``manifest`` not yet in ``store``
+    (a row that failed is retried until it has failed ``max_attempts`` times, :mod:`hitmodels.outdir`);
     returns rows per outcome."""
     import ray
 
@@ -57,10 +59,10 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
         fs, root = filesystem(store)
         parts = melstore.readable_parts(fs, root, quarantine=True)  # a part older versions cut short: redo it
         df, failed = keyed_manifest(read_manifest(manifest))
-        done = outdir.done_keys(fs, parts)
-        todo = df[~df[ROW_KEY].isin(done)].reset_index(drop=True)
-        failed = failed[~failed[ROW_KEY].isin(done)]
-        print(f"mels: {len(df) + len(failed)} rows in manifest, {len(done)} already in {store}, "
+        state = outdir.resume_state(fs, parts, max_attempts)
+        todo = df[~df[ROW_KEY].isin(state.done)].reset_index(drop=True)
+        failed = failed[~failed[ROW_KEY].isin(state.latest_attempt)]  # by the manifest alone: never retried
+        print(f"mels: {len(df) + len(failed)} rows in manifest; in {store}: {state.line()}; "
               f"{len(todo) + len(failed)} to do", file=sys.stderr)
         if len(failed):  # a duplicate or missing track_id: its row says so, nothing to compute
             outdir.write_part(melstore.rows_to_table(failed.to_dict("records"), tags), fs, root)
@@ -70,14 +72,15 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
             ds = ray.data.from_pandas(chunks).map_batches(
                 mel_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="pandas", num_cpus=1,
                 max_retries=isolate.TASK_RETRIES, **_task_env(todo["audio_uri"]))
-            outdir.write_dataset(ds, store, set_aside_failed=True)
+            outdir.write_dataset(ds, store, set_aside_failed=True, attempts=state.retry)
             # the rows of batches whose worker kept dying, each on its own (hitmodels.isolate)
-            lost = todo[~todo[ROW_KEY].isin(outdir.done_keys(fs, melstore.readable_parts(fs, root)))]
+            lost = outdir.not_written(todo, state, outdir.resume_state(fs, melstore.readable_parts(fs, root),
+                                                                       max_attempts))
             for table in isolate.redo_one_by_one(
                     lost, mel_batch, kwargs,
                     lambda row, reason: melstore.rows_to_table([{**row.iloc[0].to_dict(), "error": reason}], tags),
                     "mels", _task_env(todo["audio_uri"])):
-                outdir.write_part(table, fs, root)
+                outdir.write_part(table, fs, root, state.retry)
         counts = Counter(error_reason(e if isinstance(e, str) else None)
                          for e in melstore.MelStore(store).index()["error"])
         print("mels: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
@@ -96,6 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also store the pretrained tagger's 50 tag_<label> activations of each clip (what a siamese "
                         "model with a tag branch scores from a store; about 0.43 s of a core per 30 s clip; "
                         "training takes its tags from the model table, hitmusic extract --tags)")
+    outdir.add_resume_argument(p)
     add_policy_arguments(p)
 
 
@@ -103,7 +107,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     if not 1.0 <= args.segment_s <= 120.0:
         raise SystemExit(f"mels: --segment-s must be between 1 and 120 seconds, got {args.segment_s}")
     run(args.manifest, args.store, MelConfig(segment_s=args.segment_s), batch_size=args.batch_size,
-        block_size=args.block_size, policy=policy_from_args(args, args.manifest), tags=args.tags)
+        block_size=args.block_size, policy=policy_from_args(args, args.manifest), tags=args.tags,
+        max_attempts=args.max_attempts)
     return 0
 
 

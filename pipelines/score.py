@@ -373,17 +373,17 @@ def input_columns(uri: str) -> list[str]:
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 
 
-def scored(out_dir: str) -> tuple[set[str], set[str]]:
-    """The row keys already scored in ``out_dir`` and the model versions that scored them. A part file that
-    cannot be read (cut short by a crash in versions that wrote parts in place) is moved to
+def scored(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> tuple[outdir.Resume, set[str]]:
+    """What a run into ``out_dir`` skips and retries (:func:`hitmodels.outdir.resume_from`: a failed row is
+    scored again until it has failed ``max_attempts`` times) and the model versions that scored it. A part
+    file that cannot be read (cut short by a crash in versions that wrote parts in place) is moved to
     ``out_dir/_quarantine`` so that its rows count as not done, are scored again, and every later read of
     ``out_dir`` succeeds. An output begun before row keys existed is refused: it can only be told apart by
     track_id, which loses duplicate rows and repeats rows without an id."""
     fs, path = filesystem(out_dir)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return set(), set()
-    done: set[str] = set()
-    versions: set[str] = set()
+        return outdir.resume_from(pd.DataFrame(columns=[ROW_KEY, "error"]), max_attempts), set()
+    frames = []
     for info in fs.get_file_info(pafs.FileSelector(path)):
         if not info.path.endswith(".parquet"):
             continue
@@ -392,30 +392,32 @@ def scored(out_dir: str) -> tuple[set[str], set[str]]:
             if ROW_KEY not in names:
                 raise ValueError(f"{out_dir} was begun by a version of hitmusic that kept no row keys: score into "
                                  "a new directory")
-            part = pq.read_table(info.path, columns=[ROW_KEY, "model_version"], filesystem=fs)
-            done.update(t for t in part[ROW_KEY].to_pylist() if t is not None)
-            versions.update(v for v in part["model_version"].to_pylist() if v is not None)
+            wanted = [c for c in (ROW_KEY, "error", "model_version", outdir.ATTEMPT) if c in names]
+            frames.append(pq.read_table(info.path, columns=wanted, filesystem=fs).to_pandas())
         except (pa.ArrowException, OSError) as exc:
             target = f"{path}/{QUARANTINE}/{info.base_name}"
             fs.create_dir(f"{path}/{QUARANTINE}")
             fs.move(info.path, target)
             print(f"score: {info.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
                   f"{target}, its tracks are scored again", file=sys.stderr)
-    return done, versions
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[ROW_KEY, "error"])
+    versions = {v for v in rows.get("model_version", pd.Series(dtype=object)).tolist() if isinstance(v, str)}
+    return outdir.resume_from(rows[rows[ROW_KEY].notna()], max_attempts), versions
 
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
         tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32",
-        policy: InputPolicy | None = None) -> ModelRef:
-    """Score every row of ``table`` not yet in ``out_dir``; returns the model version used. ``policy``: what
-    the ``audio_uri`` of a manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`).
-    One run per ``out_dir`` at a time (:func:`hitmodels.outdir.exclusive`)."""
+        policy: InputPolicy | None = None, max_attempts: int = outdir.MAX_ATTEMPTS) -> ModelRef:
+    """Score every row of ``table`` not yet in ``out_dir`` (a row that failed is scored again until it has
+    failed ``max_attempts`` times); returns the model version used. ``policy``: what the ``audio_uri`` of a
+    manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`). One run per
+    ``out_dir`` at a time (:func:`hitmodels.outdir.exclusive`)."""
     with outdir.exclusive(str(out_dir), "score"):
-        return _run(table, out_dir, model_name, version, tracking_uri, batch_size, precision, policy)
+        return _run(table, out_dir, model_name, version, tracking_uri, batch_size, precision, policy, max_attempts)
 
 
 def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, tracking_uri: str | None,
-         batch_size: int, precision: str, policy: InputPolicy | None) -> ModelRef:
+         batch_size: int, precision: str, policy: InputPolicy | None, max_attempts: int) -> ModelRef:
     import ray
 
     if precision not in PRECISIONS:
@@ -437,7 +439,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
     from hitmodels import families
 
     if families.get(model.family).input_kind == "mel":
-        return _run_mel(table, out_dir, ref, model, have, tracking_uri, batch_size, policy)
+        return _run_mel(table, out_dir, ref, model, have, tracking_uri, batch_size, policy, max_attempts)
     metadata_only = [c for c in columns if c not in have]
     extract = None
     if metadata_only and "audio_uri" in have:
@@ -446,7 +448,8 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
-    done = _done_and_same_version(out_dir, ref)
+    state = _done_and_same_version(out_dir, ref, max_attempts)
+    done = state.done
     schema = output_schema(model_outputs(model))
     if extract is None and not path.endswith(".csv"):
         pieces = parquet_pieces(fs, path)
@@ -467,26 +470,27 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
                                        "policy": policy or InputPolicy.for_manifest(table),
                                        "base": manifest_dir(table)},
                             batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES)
-    outdir.write_dataset(ds, out_dir)
+    outdir.write_dataset(ds, out_dir, attempts=state.retry)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
 
 
-def _done_and_same_version(out_dir: str, ref: ModelRef) -> set[str]:
-    """Row keys already scored in ``out_dir``; refuses an output scored by another version."""
-    done, versions = scored(out_dir)
+def _done_and_same_version(out_dir: str, ref: ModelRef, max_attempts: int) -> outdir.Resume:
+    """What a run into ``out_dir`` skips and retries (:func:`scored`); refuses an output scored by another
+    version."""
+    state, versions = scored(out_dir, max_attempts)
     if versions - {ref.version}:
         # one output, one version: finishing an interrupted run with another one would mix them silently
         raise ValueError(f"{out_dir} already holds scores by {ref.name} version(s) {sorted(versions)}, not "
                          f"version {ref.version}: score into a new directory, or pass --version "
                          f"{sorted(versions)[0]} to finish the earlier run")
-    if done:
-        print(f"score: {len(done)} rows already scored in {out_dir}: skipped", file=sys.stderr)
-    return done
+    if state.latest_attempt:
+        print(f"score: in {out_dir}: {state.line()}", file=sys.stderr)
+    return state
 
 
 def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tracking_uri: str,
-             batch_size: int, policy: InputPolicy | None) -> ModelRef:
+             batch_size: int, policy: InputPolicy | None, max_attempts: int) -> ModelRef:
     """:func:`run` for a model on log-mel segments: ``table`` is a mel store (``hitmusic mels``) or an audio
     manifest (segments computed per row)."""
     import ray
@@ -513,37 +517,45 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
         key = ROW_KEY if all(ROW_KEY in pq.read_schema(f, filesystem=store.fs).names for f in store.files) \
             else "track_id"
         columns += [ROW_KEY] if key == ROW_KEY else []
-        source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns)
+        stale = outdir.stale_rows(store.fs, store.files) if key == ROW_KEY else pa.array([], pa.string())
+        source, read = "store", ray.data.read_parquet(store.files, filesystem=store.fs, columns=columns,
+                                                      include_paths=bool(len(stale)))
+        if len(stale):  # rows a later attempt of hitmusic mels superseded: each key scored from its latest
+            read = read.map_batches(outdir.drop_stale, fn_kwargs={"stale": stale}, batch_size=None,
+                                    batch_format="pyarrow")
     elif "audio_uri" in have:
         if features.tagger_columns(model.columns[1:]):
             features.load_tagger()  # here, before the job: a missing wheel is one clear error, not one per task
         fs, path = filesystem(table)
         source = "audio"
-        done = _done_and_same_version(out_dir, ref)
-        read = keyed_rows(fs, path, done, block_rows=64)
+        state = _done_and_same_version(out_dir, ref, max_attempts)
+        read = keyed_rows(fs, path, state.done, block_rows=64)
     else:
         raise ValueError(f"{ref.uri} is a {model.family} model on log-mel segments: score an audio manifest "
                          f"(audio_uri) or a mel store (hitmusic mels), not {table}")
     if source == "store":
-        done = _done_and_same_version(out_dir, ref)
-        if done:
+        state = _done_and_same_version(out_dir, ref, max_attempts)
+        if state.done:
             from ray.data.expressions import col
 
-            read = read.filter(expr=~col(key).is_in(sorted(done)))
+            read = read.filter(expr=~col(key).is_in(sorted(state.done)))
     schema = output_schema(model_outputs(model))
     ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
                           batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
                           fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
                                      "policy": policy or InputPolicy.for_manifest(table),
                                      "base": manifest_dir(table) if source == "audio" else None})
-    outdir.write_dataset(ds, out_dir)
+    outdir.write_dataset(ds, out_dir, attempts=state.retry)
     print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
     return ref
 
 
 def read_scores(out_dir: str | Path) -> pd.DataFrame:
+    """The scores in ``out_dir``, one row per input row: its latest attempt (:mod:`hitmodels.outdir`)."""
     fs, path = filesystem(str(out_dir))
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table().to_pandas()
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.path.endswith(".parquet")
+             and i.type == pafs.FileType.File]
+    return outdir.latest(outdir.read_parts(fs, sorted(files)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -559,12 +571,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model's arithmetic: fp32 (default, as trained and as Serve answers) or, for "
                         "HitMusicNet versions, bf16 (~3x faster network on CPUs with AVX512-BF16/AMX; scores move "
                         "by ~0.3 points on average, up to ~2)")
+    outdir.add_resume_argument(p)
     add_policy_arguments(p)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
     ref = run(args.table, args.out_dir, args.model, args.version, args.tracking_uri, args.batch_size,
-              args.precision, policy_from_args(args, args.table))
+              args.precision, policy_from_args(args, args.table), args.max_attempts)
     print(f"scored with {ref.name} version {ref.version}")
     return 0
 

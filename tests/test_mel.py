@@ -94,18 +94,23 @@ def test_mels_job_rows_in_rows_out_and_resumes(ray_local, tmp_path, tiny_catalog
     y, sr = sf.read(good["audio_uri"].iloc[0], dtype="float32")
     direct = mel.segments(y, sr)["mid30"][0]
     np.testing.assert_allclose(arr[0].astype(np.float32), direct, atol=0.07)
-    # resuming: nothing to do, nothing duplicated
-    again = mels.run(manifest, store_dir)
-    assert again == counts and len(melstore.MelStore(store_dir).index()) == 8
+    # resuming with one attempt allowed: nothing to do, nothing written
+    parts = sorted(store_dir.glob("*.parquet"))
+    assert mels.run(manifest, store_dir, max_attempts=1) == counts and sorted(store_dir.glob("*.parquet")) == parts
     with pytest.raises(ValueError, match="other settings"):
         mels.run(manifest, store_dir, MelConfig(segment_s=10.0))
     # a part cut short by a killed run: readers skip it and leave it be; the job quarantines it and redoes its rows
-    victim = sorted(store_dir.glob("*.parquet"))[0]
+    victim = parts[0]
     lost = len(pd.read_parquet(victim))
     victim.write_bytes(victim.read_bytes()[:100])
     assert len(melstore.MelStore(store_dir).index()) == 8 - lost and victim.exists()
-    assert mels.run(manifest, store_dir) == counts and not victim.exists()
+    assert mels.run(manifest, store_dir, max_attempts=1) == counts and not victim.exists()
     assert (store_dir / "_quarantine" / victim.name).exists()
+    # a default resume retries the 3 failed rows (their second attempt): the same outcomes, one row per key
+    again = mels.run(manifest, store_dir)
+    index = melstore.MelStore(store_dir).index()
+    assert again == counts and len(index) == 8
+    assert index.set_index("track_id").loc[["missing", "empty", "nouri"], "attempt"].tolist() == [2, 2, 2]
 
 
 @pytest.mark.integration

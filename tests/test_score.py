@@ -171,3 +171,14 @@ def test_score_audio_manifest_extracts_first(model, tiny_catalogue, tmp_path):
     assert len(out) == 7
     assert out.loc["0000000000000000000bad", "error"].startswith("features: missing")
     assert out.drop(index="0000000000000000000bad")["popularity"].between(0, 100).all()
+
+    # the file arrives: a resume scores that row again (its second attempt) and nothing else
+    import shutil
+
+    shutil.copy(manifest["audio_uri"].iloc[0], tmp_path / "gone.wav")
+    score.run(path, tmp_path / "scores", MODEL)
+    again = score.read_scores(tmp_path / "scores").set_index("track_id")
+    assert len(again) == 7 and len(list((tmp_path / "scores").glob("*.parquet"))) >= 2
+    assert pd.isna(again.loc["0000000000000000000bad", "error"])
+    assert again.loc["0000000000000000000bad", "attempt"] == 2
+    assert (again.drop(index="0000000000000000000bad")["attempt"] == 1).all()
