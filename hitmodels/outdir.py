@@ -54,7 +54,12 @@ class OutputLocked(RuntimeError):
 
 
 def _owner(job: str) -> dict:
-    return {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "argv": " ".join(sys.argv)[:300],
+    from .fetch import redact
+
+    # URIs without their user:password or query (presigned signatures): the lock file and the error that
+    # quotes it are read by other users of the directory
+    argv = " ".join(redact(a) if "://" in a else a for a in sys.argv)
+    return {"job": job, "host": socket.gethostname(), "pid": os.getpid(), "argv": argv[:300],
             "started": time.time(), "heartbeat": time.time()}
 
 
@@ -78,7 +83,7 @@ def exclusive(out: str, job: str) -> Iterator[None]:
         return
     os.makedirs(path, exist_ok=True)
     lock_path = os.path.join(path, LOCK_FILE)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -41,8 +41,9 @@ def is_outage(exc: BaseException) -> bool:
 def outage_message(uri: str | None = None) -> str:
     """What a command says when the server at ``uri`` did not answer, with the retry bound it gave up after."""
     from .config import tracking_uri
+    from .fetch import redact
 
-    uri = uri or tracking_uri()
+    uri = redact(uri or tracking_uri())  # a URI's user:password never reaches the terminal or a log
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
     return (f"the MLflow server at {uri} did not answer (gave up after {retries} retries): start it (hitmusic up) "
             "or point MLFLOW_TRACKING_URI / --tracking-uri at yours. MLFLOW_HTTP_REQUEST_MAX_RETRIES and "

@@ -88,5 +88,25 @@ def test_a_part_is_whole_or_absent(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.parquet")) and len(list((tmp_path / outdir.STAGING).iterdir())) == 1
     monkeypatch.setattr(pq, "write_table", real)
     row = outdir.write_part(table, fs, str(tmp_path)).to_pylist()[0]
-    assert row["rows"] == 2 and pq.read_table(tmp_path / row["part"]).equals(table)
+    assert row["rows"] == 2 and pq.read_table(tmp_path / row["part"]).equals(outdir.with_attempts(table, None))
     assert outdir.write_part(table.slice(0, 0), fs, str(tmp_path)).to_pylist() == [{"part": None, "rows": 0}]
+
+
+def test_the_lock_names_its_command_without_credentials_and_only_its_owner_reads_it(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setattr(sys, "argv", ["hitmusic", "score", "t.parquet", str(tmp_path / "out"), "--tracking-uri",
+                                      "https://alice:s3cret@mlflow.example:5000/x?token=abc"])
+    with outdir.exclusive(str(tmp_path / "out"), "score"):
+        lock = tmp_path / "out" / outdir.LOCK_FILE
+        owner = json.loads(lock.read_text())
+        assert os.stat(lock).st_mode & 0o077 == 0  # others cannot read who runs what
+    assert "s3cret" not in owner["argv"] and "alice" not in owner["argv"] and "abc" not in owner["argv"]
+    assert "https://mlflow.example:5000/x?…" in owner["argv"] and "--tracking-uri" in owner["argv"]
+
+
+def test_the_outage_message_shows_no_credentials():
+    from hitmodels.tracking import outage_message
+
+    msg = outage_message("http://bob:pw@127.0.0.1:5000")
+    assert "pw" not in msg.replace("point", "") and "bob" not in msg and "http://127.0.0.1:5000" in msg
