@@ -427,8 +427,9 @@ def build_model_table(features: pd.DataFrame, cat: SPDCatalogue) -> pd.DataFrame
     """
     meta = track_metadata(cat)
     # one row per manifest row (a duplicate id's row carries its error), as written by extract
+    # the attempt that wrote a row (hitmodels.outdir) is bookkeeping of the extraction, not a property of the track
     table = features.drop_duplicates(ROW_KEY if ROW_KEY in features else "track_id") \
-        .merge(meta, on="track_id", how="left")
+        .drop(columns=["attempt"], errors="ignore").merge(meta, on="track_id", how="left")
     if "error" not in table:
         table["error"] = None
     return table.reset_index(drop=True)
@@ -442,5 +443,5 @@ def training_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 def feature_columns(table: pd.DataFrame) -> list[str]:
     """The model's input columns of a model table: everything but ids, target and bookkeeping."""
-    skip = {"track_id", "artist_id", "popularity", "error"}
+    skip = {"track_id", "artist_id", "popularity", "error", "attempt"}  # attempt: hitmodels.outdir's bookkeeping
     return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c])]
