@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -181,7 +182,9 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     # out tracks without a segment)
     registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
                                       {"tune_name": name}, retrain_gpu)
-    state_file.write_text(json.dumps({**state, "registered": asdict(registered)}))
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**state, "registered": asdict(registered)}))
+    os.replace(tmp, state_file)  # whole: a crash mid-write would otherwise lose the parent run's id too
     client.set_terminated(parent_run_id)
     return results, registered
 
@@ -193,7 +196,12 @@ def job_settings(table: str, **settings) -> dict:
 
     path = Path(table)
     digest = hashlib.sha256()
-    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
+    # a directory's data files only, as Arrow discovers them: not _lock, _staging/ or _quarantine/, whose
+    # bytes change without the table changing
+    files = [f for f in sorted(path.rglob("*.parquet"))
+             if not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts)] \
+        if path.is_dir() else [path]
+    for f in files:
         if f.is_file():
             with f.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
