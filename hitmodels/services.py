@@ -278,16 +278,23 @@ def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: 
 
 
 def _processes() -> dict[int, tuple[int, list[bytes]]]:
-    """Every process this user can read: pid -> (parent pid, argv)."""
+    """Every live process of this user: pid -> (parent pid, argv). Other users' processes are left out (not
+    ours to signal), and so are zombies: they have exited and only wait for a parent (in a container,
+    perhaps an init that never reaps) to collect them."""
     table = {}
+    uid = os.getuid()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
             stat = Path(f"/proc/{pid}/stat").read_bytes()
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue  # gone meanwhile, or not ours to read
         # the command name in parentheses may itself hold spaces and parentheses: the fields follow the last ")"
-        table[int(pid)] = (int(stat.rsplit(b")", 1)[1].split()[1]), argv)
+        fields = stat.rsplit(b")", 1)[1].split()
+        if fields[0] != b"Z":
+            table[int(pid)] = (int(fields[1]), argv)
     return table
 
 
@@ -297,14 +304,19 @@ def ray_instance_pids(port: int, table: dict[int, tuple[int, list[bytes]]] | Non
     ``--address=...:port``) or the session directory; workers, actors, job drivers and the HAProxy a Serve
     actor runs are their descendants. Other Ray instances on the machine match neither."""
     table = _processes() if table is None else table
-    suffix = f":{port}".encode()
     session = None
+    # an address names this instance only with a host of this machine: a node here that joined a remote
+    # head listening on the same port number belongs to that other cluster
+    hosts = {b"127.0.0.1", b"localhost"}
     for _, argv in table.values():
         if f"--gcs_server_port={port}".encode() in argv:
             session = next((a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--session-dir=")), None)
+            hosts |= {a.split(b"=", 1)[1] for a in argv if a.startswith(b"--node-ip-address=")}
+    addresses = {h + f":{port}".encode() for h in hosts}
     roots = {pid for pid, (_, argv) in table.items()
              if f"--gcs_server_port={port}".encode() in argv
-             or any(a.startswith((b"--gcs-address=", b"--address=")) and a.endswith(suffix) for a in argv)
+             or any(a.startswith((b"--gcs-address=", b"--address=")) and a.split(b"=", 1)[1] in addresses
+                    for a in argv)
              or (session is not None and any(session.encode() + b"/" in a for a in argv))}
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
@@ -325,15 +337,24 @@ def stop_ray(port: int, grace_s: float = 10.0) -> int:
     ``ray_current_cluster`` file that named this instance is removed, as ``ray stop`` does, so that a later
     ``ray.init()`` starts a fresh instance instead of dialling a dead one."""
     pids, session = ray_instance_pids(port)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive_pid(p) for p in pids):
-            time.sleep(0.2)
+    stopped: set[int] = set()
+    # a raylet that forks a worker while it is being stopped leaves a process the first scan did not see:
+    # scan again until nothing of this instance is left (bounded: a daemon that respawns forever is not ours)
+    for _ in range(5):
+        if not pids:
+            break
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace_s
+            while sig == signal.SIGTERM and time.monotonic() < deadline and any(_alive_pid(p) for p in pids):
+                time.sleep(0.2)
+        stopped |= pids
+        time.sleep(0.2)
+        pids = ray_instance_pids(port)[0] - stopped
     if session is not None:
         address_file = Path(session).parent / "ray_current_cluster"
         try:
@@ -341,7 +362,7 @@ def stop_ray(port: int, grace_s: float = 10.0) -> int:
                 address_file.unlink()
         except OSError:
             pass
-    return len(pids)
+    return len(stopped)
 
 
 def _alive_pid(pid: int) -> bool:
