@@ -302,9 +302,9 @@ def piece_keys(fs: pafs.FileSystem, pieces: list[dict]) -> list[str]:
 
 def row_group_batches(fs: pafs.FileSystem, path: str, row_group: int, columns: list[str] | None,
                       batch_size: int, other_keys: dict[int, str] | None = None):
-    """Slices of at most ``batch_size`` rows of one row group; with ``other_keys``, each with a
-    :data:`ROW_KEY` column: the row's track_id, or ``other_keys[row in the group]`` where the row's key is
-    not its id (:func:`piece_keys`). The row group is read whole: pyarrow's ``iter_batches`` decodes ahead
+    """Slices of at most ``batch_size`` rows of one row group; with ``other_keys`` (None: the table has its
+    own :data:`ROW_KEY` column), each with a :data:`ROW_KEY` column: the row's track_id, or
+    ``other_keys[row in the group]`` where the row's key is not its id (:func:`piece_keys`). The row group is read whole: pyarrow's ``iter_batches`` decodes ahead
     and peaked at 3.6x the memory of one row group here."""
     with fs.open_input_file(path) as f:
         table = pq.ParquetFile(f, pre_buffer=False).read_row_group(row_group, columns=columns)
@@ -323,7 +323,7 @@ def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, sche
                  fs: pafs.FileSystem, read_columns: list[str], batch_size: int, done: pa.Array | None,
                  precision: str = "fp32") -> pa.Table:
     """Ray Data task over Parquet row groups: read only the columns the model needs, skip rows already
-    scored (by row key), score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
+    scored (by row key) and rows a later attempt superseded (a piece's ``stale`` keys), score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
     columns out of the object store (3x the plain loop's time when Ray Data read them and passed them on)."""
     model = cached_model(ref, tracking_uri)
     features = model.columns
@@ -331,10 +331,12 @@ def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, sche
     outs = []
     import json
 
-    for path, row_group, other in zip(pieces.column("path").to_pylist(), pieces.column("row_group").to_pylist(),
-                                      pieces.column("other_keys").to_pylist()):
-        other_keys = {int(i): k for i, k in json.loads(other).items()}
+    for path, row_group, other, stale in zip(*(pieces.column(c).to_pylist()
+                                               for c in ("path", "row_group", "other_keys", "stale"))):
+        other_keys = None if other is None else {int(i): k for i, k in json.loads(other).items()}
         for batch in row_group_batches(fs, path, row_group, read_columns, batch_size, other_keys):
+            if stale:
+                batch = batch.filter(pc.invert(pc.is_in(batch.column(ROW_KEY), value_set=pa.array(stale, pa.string()))))
             if done is not None:
                 batch = batch.filter(pc.invert(pc.is_in(batch.column(ROW_KEY), value_set=done)))
             if batch.num_rows:
@@ -344,7 +346,8 @@ def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, sche
 
 def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int = 4096):
     """The rows of a CSV or Parquet table (an audio manifest, a CSV feature table), read here on the driver,
-    each with its :data:`ROW_KEY` (:func:`hitmodels.data.row_keys`), without those in ``done``, as a Ray
+    each with its :data:`ROW_KEY` (the table's own, each key's latest attempt, where it has the column; else
+    :func:`hitmodels.data.row_keys`), without those in ``done``, as a Ray
     Dataset of ``block_rows``-row blocks. Read whole, so meant for manifests (a few columns per track); a big
     feature table is scored from Parquet row groups in the tasks instead (:func:`score_pieces`)."""
     import pyarrow.csv as pacsv
@@ -355,8 +358,12 @@ def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int =
             t = pacsv.read_csv(f)
     else:
         t = pads.dataset(path, filesystem=fs, format="parquet").to_table()
-    t = t.append_column(ROW_KEY, pa.array(row_keys(t.column("track_id").cast(pa.string()).to_pylist())[0],
-                                          pa.string()))
+    if ROW_KEY in t.column_names:  # the table's own keys (a hitmusic extract or build output); latest attempts
+        keys = t.select([c for c in (ROW_KEY, outdir.ATTEMPT) if c in t.column_names]).to_pandas()
+        t = t.take(pa.array(outdir.latest(keys.assign(_row=np.arange(len(keys))))["_row"].to_numpy()))
+    else:
+        t = t.append_column(ROW_KEY, pa.array(row_keys(t.column("track_id").cast(pa.string()).to_pylist())[0],
+                                              pa.string()))
     if done:
         t = t.filter(pc.invert(pc.is_in(t.column(ROW_KEY), value_set=pa.array(sorted(done), pa.string()))))
     return ray.data.from_arrow([t.slice(i, block_rows) for i in range(0, t.num_rows, block_rows)] or [t])
@@ -455,9 +462,21 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         pieces = parquet_pieces(fs, path)
         if not pieces:
             raise ValueError(f"{table} holds no Parquet row groups")
-        for piece, other in zip(pieces, piece_keys(fs, pieces)):
-            piece["other_keys"] = other
-        wanted = ["track_id", *columns, *(["error"] if "error" in have else [])]
+        files = sorted({p["path"] for p in pieces})
+        own = all(ROW_KEY in pq.read_schema(f, filesystem=fs).names for f in files)
+        if own:
+            # the table's own keys (hitmusic extract's or build's, made in manifest order), not ones rebuilt
+            # from track_id in part order; a key an extract re-run retried is scored from its latest attempt
+            stale: dict[str, list[str]] = {}
+            for entry in outdir.stale_rows(fs, files).to_pylist():
+                part, key = entry.split("\x1f", 1)
+                stale.setdefault(part, []).append(key)
+            for piece in pieces:
+                piece["other_keys"], piece["stale"] = None, stale.get(piece["path"], [])
+        else:  # a table written elsewhere: keyed as extract keys a manifest, by track_id in row order
+            for piece, other in zip(pieces, piece_keys(fs, pieces)):
+                piece["other_keys"], piece["stale"] = other, []
+        wanted = ["track_id", *([ROW_KEY] if own else []), *columns, *(["error"] if "error" in have else [])]
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
             score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "fs": fs, "read_columns": wanted,

@@ -148,6 +148,35 @@ def test_resume_refuses_to_mix_versions_and_keeps_duplicate_and_missing_ids(mode
 
 
 @pytest.mark.integration
+def test_a_table_with_its_own_row_keys_is_scored_by_them_and_by_each_keys_latest_attempt(model, tmp_path):
+    """A resumed extract directory: its first part holds the duplicate's row (``x#2``) and a row that failed
+    at attempt 1; its second holds ``x`` and that row's successful attempt 2. Scores follow the table's own
+    keys (rebuilt from track_id in part order, ``x#2`` would become ``x`` and score the other row's features),
+    and the superseded attempt is not scored at all."""
+    import pyarrow.parquet as pq
+
+    from pipelines import score
+
+    base = random_table(11, n=4)
+    base["track_id"] = ["x", "x", "y", "y"]
+    base["row_key"] = ["x#2", "x", "y", "y"]
+    base["attempt"] = np.array([1, 1, 1, 2], dtype=np.int32)
+    base["error"] = [None, None, "fetch_failed: timed out", None]
+    base["artist_popularity"] = [90.0, 5.0, 50.0, 50.0]  # x#2 scores high, x low: a swap shows
+    feats = tmp_path / "features"
+    feats.mkdir()
+    pq.write_table(pa.Table.from_pandas(base.iloc[[0, 2]], preserve_index=False), feats / "part-a.parquet")
+    pq.write_table(pa.Table.from_pandas(base.iloc[[1, 3]], preserve_index=False), feats / "part-b.parquet")
+    out = tmp_path / "scores"
+    score.run(feats, out, MODEL)
+    got = score.read_scores(out).set_index("row_key")
+    print(got[["track_id", "popularity", "error"]])
+    assert sorted(got.index) == ["x", "x#2", "y"] and len(pd.read_parquet(out)) == 3  # the stale row never scored
+    assert got["error"].isna().all()
+    assert got.loc["x#2", "popularity"] > got.loc["x", "popularity"]
+
+
+@pytest.mark.integration
 def test_score_csv_with_missing_columns_fails_before_work(model, tmp_path):
     from pipelines import score
 
