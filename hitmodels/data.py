@@ -370,18 +370,36 @@ def row_keys(track_ids) -> tuple[list[str], list[str | None]]:
     the same id gets ``<id>#<k>`` (its k-th occurrence) and ``duplicate_track_id``, naming the first row; a row
     without an id gets ``#row<n>`` and ``missing_track_id``. So every input row has exactly one output row,
     duplicates and id-less rows included (rows in = rows out), and a resume finds each of them done.
-    Row numbers are 1-based positions in the manifest.
+    Row numbers are 1-based positions in the manifest. A generated key that a real id of the manifest
+    already spells (an id ``a#2`` beside a duplicated ``a``) gets ``~2``, ``~3``... appended until unique.
 
     >>> row_keys(["a", "b", "a", None])
     (['a', 'b', 'a#2', '#row4'], [None, None, "duplicate_track_id: 'a' is also manifest row 1", 'missing_track_id: manifest row 4 has no track_id'])
     """
+    def missing(t) -> bool:
+        return t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip()
+
+    track_ids = list(track_ids)
+    ids = {str(t) for t in track_ids if not missing(t)}
+    used: set[str] = set()
+
+    def unused(key: str) -> str:
+        # a generated key never equals a real id of the manifest (an id "a#2" beside a duplicate "a"),
+        # nor another generated key
+        candidate, k = key, 1
+        while candidate in used or candidate in ids:
+            k += 1
+            candidate = f"{key}~{k}"
+        used.add(candidate)
+        return candidate
+
     keys: list[str] = []
     errors: list[str | None] = []
     first: dict[str, int] = {}
     seen: dict[str, int] = {}
     for n, t in enumerate(track_ids, start=1):
-        if t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip():
-            keys.append(f"#row{n}")
+        if missing(t):
+            keys.append(unused(f"#row{n}"))
             errors.append(f"missing_track_id: manifest row {n} has no track_id")
             continue
         t = str(t)
@@ -389,9 +407,10 @@ def row_keys(track_ids) -> tuple[list[str], list[str | None]]:
         if seen[t] == 1:
             first[t] = n
             keys.append(t)
+            used.add(t)
             errors.append(None)
         else:
-            keys.append(f"{t}#{seen[t]}")
+            keys.append(unused(f"{t}#{seen[t]}"))
             errors.append(f"duplicate_track_id: {t!r} is also manifest row {first[t]}")
     return keys, errors
 
@@ -404,8 +423,8 @@ def keyed_manifest(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad = np.array([e is not None for e in errors], dtype=bool)
     failed = df[bad].assign(error=[e for e in errors if e is not None])
     # object, not pandas' string dtype, whose missing value is NaN: Arrow wants None for a null string
-    failed["track_id"] = pd.Series([None if str(k).startswith("#row") else str(t)
-                                    for t, k in zip(failed["track_id"], failed[ROW_KEY])], dtype=object,
+    failed["track_id"] = pd.Series([None if e.startswith("missing_track_id") else str(t)
+                                    for t, e in zip(failed["track_id"], failed["error"])], dtype=object,
                                    index=failed.index)
     return df[~bad].reset_index(drop=True), failed.reset_index(drop=True)
 

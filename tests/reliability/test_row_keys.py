@@ -21,6 +21,15 @@ def test_row_keys_name_duplicates_and_missing_ids():
     assert failed["audio_uri"].tolist() == ["y", "z"]
 
 
+def test_generated_row_keys_never_collide_with_real_ids():
+    """Real ids that spell a generated key (``a#2``, ``#row2``) keep their own key; the generated one moves."""
+    keys, errors = row_keys(["a", None, "a", "a#2", "#row2", "a#2~2", "a"])
+    assert keys == ["a", "#row2~2", "a#2~3", "a#2", "#row2", "a#2~2", "a#3"]
+    assert len(set(keys)) == len(keys) and errors[3:6] == [None, None, None]
+    _, failed = keyed_manifest(pd.DataFrame({"track_id": ["#row2", "#row2"], "audio_uri": ["x", "y"]}))
+    assert failed["track_id"].tolist() == ["#row2"]  # a duplicated real id, not a missing one
+
+
 @pytest.mark.integration
 def test_extract_resumes_a_manifest_with_duplicates_without_losing_or_repeating_a_row(ray_local, tiny_catalogue,
                                                                                       tmp_path):
