@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from hitmodels.config import TrainConfig
+from hitmodels.config import TrainConfig, tracking_uri
 from hitmodels.predict import RowModel
 
 
@@ -182,7 +182,7 @@ class Family:
         cfg = self.configure(config, TrainConfig(**ctx["base"]))
         table = self.prepare(training_rows(pd.read_parquet(ctx["table"])), cfg)
         s = split_rows(table, cfg)
-        mlflow.set_tracking_uri(ctx["tracking_uri"])
+        mlflow.set_tracking_uri(tracking_uri(ctx["tracking_uri"]))  # bounds this worker's waits on the server too
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),
                               parent_run_id=ctx["parent_run_id"]):
             mlflow.log_params({"family": self.name, "config": cfg.name, **self.params(cfg, len(s.fit)),

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 
 import pandas as pd
 
-from hitmodels.config import TrainConfig
+from hitmodels.config import TrainConfig, tracking_uri
 
 
 def hitmusicnet_space(search: str) -> dict:
@@ -46,7 +46,7 @@ def hitmusicnet_trial(config: dict) -> None:
     table = training_rows(pd.read_parquet(ctx["table"]))
     s = split_rows(table, cfg)
     columns = feature_columns(table)
-    mlflow.set_tracking_uri(ctx["tracking_uri"])
+    mlflow.set_tracking_uri(tracking_uri(ctx["tracking_uri"]))  # bounds this worker's waits on the server too
     trial_name = tune.get_context().get_trial_name()
 
     history: dict[str, list[dict]] = {}
