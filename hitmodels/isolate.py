@@ -11,7 +11,7 @@ written, and a row whose worker dies every time becomes its own error, ``worker_
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -30,27 +30,32 @@ def set_errored_blocks_aside(ds):
 
 def redo_one_by_one(rows: pd.DataFrame, task: Callable[..., pa.Table], task_kwargs: dict,
                     error_table: Callable[[pd.DataFrame, str], pa.Table], job: str,
-                    remote_args: dict | None = None) -> list[pa.Table]:
+                    remote_args: dict | None = None) -> Iterator[pa.Table]:
     """``task(one_row_frame, **task_kwargs)`` for each row of ``rows`` in a Ray task of its own (1 CPU,
-    :data:`TASK_RETRIES` retries), all at once; returns one table per row: the task's, or for a row whose
-    worker died every time ``error_table(row_frame, reason)``."""
+    :data:`TASK_RETRIES` retries), all at once; yields one table per row as each finishes, so the caller
+    writes it at once and a later failure cannot lose it: the task's table, or ``error_table(row_frame,
+    reason)`` for a row whose worker died every time (``worker_died: ...``) or whose task raised
+    (``internal: ...``, a defect: the tasks keep a row's own errors in the row)."""
     import ray
 
     if rows.empty:
-        return []
+        return
     print(f"{job}: {len(rows)} row(s) of batches whose worker died {TASK_RETRIES + 1} times: each done again on "
           "its own", file=sys.stderr)
     fn = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, **(remote_args or {}))(task)
     frames = [rows.iloc[i:i + 1].reset_index(drop=True) for i in range(len(rows))]
-    refs = [fn.remote(frame, **task_kwargs) for frame in frames]
-    out = []
-    for frame, ref in zip(frames, refs):
+    pending = {fn.remote(frame, **task_kwargs): frame for frame in frames}
+    while pending:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        frame = pending.pop(ref)
         try:
-            out.append(ray.get(ref))
+            yield ray.get(ref)
+            continue
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
                 ray.exceptions.NodeDiedError, ray.exceptions.RaySystemError) as exc:
             reason = (f"worker_died: the worker processing this row died {TASK_RETRIES + 1} times "
                       f"({type(exc).__name__}: out of memory, or a native crash in a decoder)")
-            print(f"{job}: row {frame.iloc[0].get('row_key')}: {reason}", file=sys.stderr)
-            out.append(error_table(frame, reason))
-    return out
+        except ray.exceptions.RayTaskError as exc:
+            reason = f"internal: {type(exc.cause).__name__}: {str(exc.cause)[:300]}"
+        print(f"{job}: row {frame.iloc[0].get('row_key')}: {reason}", file=sys.stderr)
+        yield error_table(frame, reason)

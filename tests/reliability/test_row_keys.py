@@ -86,3 +86,32 @@ def test_a_row_that_kills_its_worker_costs_that_row_only(ray_local, tiny_catalog
     print(f"rows in 6, rows out {len(raw)}, counts {dict(counts)}")
     assert counts == {"ok": 5, "worker_died": 1} and len(raw) == 6 and raw["row_key"].is_unique
     assert raw.set_index("row_key").loc[poison, "error"].startswith("worker_died: the worker processing this row died")
+
+
+@pytest.mark.integration
+def test_rows_redone_one_by_one_each_come_back_whatever_the_others_do(ray_local):
+    """Of three rows redone alone, one kills its worker every time and one raises: each still comes back
+    (the healthy row's table, the others as their error), yielded as it finishes so the caller has written
+    the healthy one before a failure elsewhere."""
+    import pyarrow as pa
+
+    from hitmodels import isolate
+
+    def task(frame):
+        import os
+
+        key = frame["row_key"].iloc[0]
+        if key == "dies":
+            os._exit(1)
+        if key == "raises":
+            raise RuntimeError("a defect")
+        return pa.table({"row_key": [key], "error": pa.array([None], pa.string())})
+
+    rows = pd.DataFrame({"row_key": ["ok", "dies", "raises"]})
+    got = {}
+    for table in isolate.redo_one_by_one(rows, task, {}, lambda row, reason: pa.table(
+            {"row_key": [row["row_key"].iloc[0]], "error": [reason]}), "test"):
+        got.update(zip(table.column("row_key").to_pylist(), table.column("error").to_pylist()))
+    print(f"rows redone 3, came back {len(got)}: {got}")
+    assert got["ok"] is None and got["dies"].startswith("worker_died:")
+    assert got["raises"] == "internal: RuntimeError: a defect"
