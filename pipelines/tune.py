@@ -94,6 +94,22 @@ def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, p
         return register_bundle(Path(directory), table, cfg, tracking_uri, parent_run_id=parent_run_id,
                                tags={**extra_tags, **tags}, counts=counts)
 
+TUNE_PARENT_TAG = "tune_parent_run_id"  # on a version a tuning job registered: the job's parent run
+
+
+def registered_by(client, cfg: TrainConfig, parent_run_id: str):
+    """The TrainResult of the version the tuning job of ``parent_run_id`` registered, or None. A job that
+    stopped between registering and recording it in its state file finds its version here on resume."""
+    from hitmodels.train import TrainResult
+
+    found = client.search_model_versions(f"name = '{cfg.model_name}' and tags.{TUNE_PARENT_TAG} = '{parent_run_id}'")
+    if not found:
+        return None
+    version = max(found, key=lambda v: int(v.version))
+    metrics = {k: v for k, v in client.get_run(version.run_id).data.metrics.items()
+               if k.startswith("test_") or k == "conformal_halfwidth"}
+    return TrainResult(version.run_id, cfg.model_name, str(version.version), metrics, cfg.family)
+
 # ---------------------------------------------------------------------------------------- the job
 
 
@@ -180,8 +196,13 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     client.log_metric(parent_run_id, f"best_{metric}", float(best.metrics[metric]))
     # the dataset fingerprint is register_bundle's, of the rows the family fitted on (a Siamese family leaves
     # out tracks without a segment)
-    registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
-                                      {"tune_name": name}, retrain_gpu)
+    registered = registered_by(client, cfg, parent_run_id)
+    if registered is not None:  # the job stopped after registering, before recording it: not a second version
+        print(f"tune: job {name} registered {registered.model_name} version {registered.version} before it "
+              "stopped; not registering again", file=sys.stderr)
+    else:
+        registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
+                                          {"tune_name": name, TUNE_PARENT_TAG: parent_run_id}, retrain_gpu)
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps({**state, "registered": asdict(registered)}))
     os.replace(tmp, state_file)  # whole: a crash mid-write would otherwise lose the parent run's id too

@@ -82,6 +82,19 @@ def test_resumed_tune_does_not_repeat_finished_trials(tuned, table_path, mlflow_
     # a finished job run again registers nothing new and names the version it registered
     assert reg.version == tuned["reg"].version and reg.metrics == tuned["reg"].metrics
     assert len(c.search_model_versions(f"name='{MODEL}'")) == int(tuned["reg"].version)
+    # a job that stopped after registering but before recording it finds its version instead of a second one
+    import json
+
+    state_file = tuned["storage"] / "t1" / "hitmusic_tune.json"
+    state = json.loads(state_file.read_text())
+    state.pop("registered")
+    state_file.write_text(json.dumps(state))
+    _, again = tune.run(table_path, search="random", num_samples=3, epochs=4, name="t1", storage=tuned["storage"],
+                        base=tuned["base"], tracking_uri=mlflow_uri, grace_period=2)
+    print(f"versions before {tuned['reg'].version}, after the resume {len(c.search_model_versions(f'name={MODEL!r}'))}")
+    assert again.version == tuned["reg"].version and again.metrics == tuned["reg"].metrics
+    assert len(c.search_model_versions(f"name='{MODEL}'")) == int(tuned["reg"].version)
+    assert "registered" in json.loads(state_file.read_text())
 
     # a resume with other settings, or of another table, is refused before any work
     with pytest.raises(ValueError, match=r"tuning job 't1' was started with other settings.*'epochs': \(4, 5\)"):
