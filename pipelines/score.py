@@ -20,7 +20,9 @@ the same id as ``<id>#<k>``, a row without an id as ``#row<n>``, its position); 
 rows without one are each scored once, and rows appended to the input since are scored on resume. One run
 writes into an OUT_DIR at a time, and each part appears whole or not at all (:mod:`hitmodels.outdir`; an
 ``s3://`` OUT_DIR is not locked); an unreadable part (from versions that wrote in place) is moved to
-``OUT_DIR/_quarantine/`` and its rows redone.
+``OUT_DIR/_quarantine/`` and its rows redone. Scoring an audio manifest, a row whose worker dies every time
+(out of memory, a native crash in a decoder) gets ``worker_died: ...`` and the rest of its batch is scored
+(:mod:`hitmodels.isolate`).
 """
 
 from __future__ import annotations
@@ -344,12 +346,13 @@ def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, sche
     return pa.concat_tables(outs) if outs else schema.empty_table()
 
 
-def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int = 4096):
+def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int = 4096) -> tuple[object, pa.Table]:
     """The rows of a CSV or Parquet table (an audio manifest, a CSV feature table), read here on the driver,
     each with its :data:`ROW_KEY` (the table's own, each key's latest attempt, where it has the column; else
     :func:`hitmodels.data.row_keys`), without those in ``done``, as a Ray
     Dataset of ``block_rows``-row blocks. Read whole, so meant for manifests (a few columns per track); a big
-    feature table is scored from Parquet row groups in the tasks instead (:func:`score_pieces`)."""
+    feature table is scored from Parquet row groups in the tasks instead (:func:`score_pieces`). Returns the
+    Dataset and the rows it holds (what :func:`write_isolated` checks were written)."""
     import pyarrow.csv as pacsv
     import ray
 
@@ -366,7 +369,36 @@ def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int =
                                               pa.string()))
     if done:
         t = t.filter(pc.invert(pc.is_in(t.column(ROW_KEY), value_set=pa.array(sorted(done), pa.string()))))
-    return ray.data.from_arrow([t.slice(i, block_rows) for i in range(0, t.num_rows, block_rows)] or [t])
+    return ray.data.from_arrow([t.slice(i, block_rows) for i in range(0, t.num_rows, block_rows)] or [t]), t
+
+
+def arrow_task(frame: pd.DataFrame, task, **kwargs) -> pa.Table:
+    """``task`` (an Arrow batch task) on one row that :func:`hitmodels.isolate.redo_one_by_one` hands over as
+    a DataFrame."""
+    return task(pa.Table.from_pandas(frame, preserve_index=False), **kwargs)
+
+
+def write_isolated(ds, out_dir: str, state: outdir.Resume, rows: pa.Table, task, task_kwargs: dict, ref: ModelRef,
+                   schema: pa.Schema, max_attempts: int, remote_args: dict | None = None) -> None:
+    """Write ``ds`` (``task`` over ``rows``) into ``out_dir``, with the rows of a batch whose worker died
+    every time (a poison row: out of memory, a native crash in a decoder) set aside, then scored one per
+    task (:mod:`hitmodels.isolate`): the healthy rows of that batch get their scores, the poison row its
+    ``worker_died`` error, and rows in = rows out."""
+    outdir.write_dataset(ds, out_dir, set_aside_failed=True, attempts=state.retry)
+    todo = rows.select(["track_id", ROW_KEY]).to_pandas()
+    lost_keys = set(outdir.not_written(todo, state, scored(out_dir, max_attempts)[0])[ROW_KEY])
+    if not lost_keys:
+        return
+    lost = rows.filter(pc.is_in(rows.column(ROW_KEY), value_set=pa.array(sorted(lost_keys), pa.string())))
+    fs, path = filesystem(out_dir)
+
+    def error_table(row: pd.DataFrame, reason: str) -> pa.Table:
+        keys = pa.Table.from_pandas(row[["track_id", ROW_KEY]].astype(object), preserve_index=False)
+        return score_table(None, [], ref, keys, schema, (np.empty((1, 0), np.float32), [reason]))
+
+    for table in isolate.redo_one_by_one(lost.to_pandas(), arrow_task, {"task": task, **task_kwargs}, error_table,
+                                         "score", remote_args):
+        outdir.write_part(table, fs, path, state.retry)
 
 
 def input_columns(uri: str) -> list[str]:
@@ -414,17 +446,21 @@ def scored(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> tuple[outdi
 
 def run(table: str | Path, out_dir: str | Path, model_name: str = "hitmusicnet", version: str = CHAMPION,
         tracking_uri: str | None = None, batch_size: int = 16384, precision: str = "fp32",
-        policy: InputPolicy | None = None, max_attempts: int = outdir.MAX_ATTEMPTS) -> ModelRef:
+        policy: InputPolicy | None = None, max_attempts: int = outdir.MAX_ATTEMPTS, batch_task=None) -> ModelRef:
     """Score every row of ``table`` not yet in ``out_dir`` (a row that failed is scored again until it has
     failed ``max_attempts`` times); returns the model version used. ``policy``: what the ``audio_uri`` of a
     manifest may name and the input bounds (default :meth:`InputPolicy.for_manifest`). One run per
-    ``out_dir`` at a time (:func:`hitmodels.outdir.exclusive`)."""
+    ``out_dir`` at a time (:func:`hitmodels.outdir.exclusive`). ``batch_task``: the task over an audio
+    manifest's or CSV's rows (default :func:`score_batch`, :func:`score_mel_batch` for a model on log-mel
+    segments; the poison-row tests pass one that crashes its worker)."""
     with outdir.exclusive(str(out_dir), "score"):
-        return _run(table, out_dir, model_name, version, tracking_uri, batch_size, precision, policy, max_attempts)
+        return _run(table, out_dir, model_name, version, tracking_uri, batch_size, precision, policy, max_attempts,
+                    batch_task)
 
 
 def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, tracking_uri: str | None,
-         batch_size: int, precision: str, policy: InputPolicy | None, max_attempts: int) -> ModelRef:
+         batch_size: int, precision: str, policy: InputPolicy | None, max_attempts: int,
+         batch_task=None) -> ModelRef:
     import ray
 
     if precision not in PRECISIONS:
@@ -446,7 +482,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
     from hitmodels import families
 
     if families.get(model.family).input_kind == "mel":
-        return _run_mel(table, out_dir, ref, model, have, tracking_uri, batch_size, policy, max_attempts)
+        return _run_mel(table, out_dir, ref, model, have, tracking_uri, batch_size, policy, max_attempts, batch_task)
     metadata_only = [c for c in columns if c not in have]
     extract = None
     if metadata_only and "audio_uri" in have:
@@ -482,14 +518,16 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
             fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "fs": fs, "read_columns": wanted,
                        "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None,
                        "precision": precision})
+        outdir.write_dataset(ds, out_dir, attempts=state.retry)  # feature rows: no decoder to crash a worker
     else:
-        ds = keyed_rows(fs, path, done).map_batches(score_batch, batch_size=min(batch_size, 64) if extract else batch_size,
-                            fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema,
-                                       "extract": extract, "precision": precision,
-                                       "policy": policy or InputPolicy.for_manifest(table),
-                                       "base": manifest_dir(table)},
-                            batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES)
-    outdir.write_dataset(ds, out_dir, attempts=state.retry)
+        task = batch_task or score_batch
+        kwargs = {"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "extract": extract,
+                  "precision": precision, "policy": policy or InputPolicy.for_manifest(table),
+                  "base": manifest_dir(table)}
+        read, rows = keyed_rows(fs, path, done)
+        ds = read.map_batches(task, batch_size=min(batch_size, 64) if extract else batch_size, fn_kwargs=kwargs,
+                              batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES)
+        write_isolated(ds, out_dir, state, rows, task, kwargs, ref, schema, max_attempts)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
 
@@ -509,7 +547,7 @@ def _done_and_same_version(out_dir: str, ref: ModelRef, max_attempts: int) -> ou
 
 
 def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tracking_uri: str,
-             batch_size: int, policy: InputPolicy | None, max_attempts: int) -> ModelRef:
+             batch_size: int, policy: InputPolicy | None, max_attempts: int, batch_task=None) -> ModelRef:
     """:func:`run` for a model on log-mel segments: ``table`` is a mel store (``hitmusic mels``) or an audio
     manifest (segments computed per row)."""
     import ray
@@ -548,7 +586,7 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
         fs, path = filesystem(table)
         source = "audio"
         state = _done_and_same_version(out_dir, ref, max_attempts)
-        read = keyed_rows(fs, path, state.done, block_rows=64)
+        read, rows = keyed_rows(fs, path, state.done, block_rows=64)
     else:
         raise ValueError(f"{ref.uri} is a {model.family} model on log-mel segments: score an audio manifest "
                          f"(audio_uri) or a mel store (hitmusic mels), not {table}")
@@ -559,12 +597,16 @@ def _run_mel(table: str, out_dir: str, ref: ModelRef, model, have: set[str], tra
 
             read = read.filter(expr=~col(key).is_in(sorted(state.done)))
     schema = output_schema(model_outputs(model))
-    ds = read.map_batches(score_mel_batch, batch_size=min(batch_size, 16 if source == "audio" else 256),
-                          batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
-                          fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
-                                     "policy": policy or InputPolicy.for_manifest(table),
-                                     "base": manifest_dir(table) if source == "audio" else None})
-    outdir.write_dataset(ds, out_dir, attempts=state.retry)
+    task = batch_task or score_mel_batch
+    kwargs = {"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "source": source,
+              "policy": policy or InputPolicy.for_manifest(table),
+              "base": manifest_dir(table) if source == "audio" else None}
+    ds = read.map_batches(task, batch_size=min(batch_size, 16 if source == "audio" else 256),
+                          batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES, fn_kwargs=kwargs)
+    if source == "audio":  # decoding is where a row can take its worker down
+        write_isolated(ds, out_dir, state, rows, task, kwargs, ref, schema, max_attempts)
+    else:
+        outdir.write_dataset(ds, out_dir, attempts=state.retry)
     print(f"score: {table} scored by {ref.uri} into {out_dir}", file=sys.stderr)
     return ref
 

@@ -72,13 +72,19 @@ def test_extract_survives_a_killed_worker(ray_local, tiny_catalogue, tmp_path):
     assert counts == {"ok": 12} and len(raw) == 12 and sorted(raw["row_key"]) == sorted(manifest["track_id"])
 
 
-def test_score_survives_a_killed_worker(ray_local, mlflow_uri, tiny_catalogue, tmp_path):
+@pytest.fixture(scope="module")
+def scoring_model(ray_local, mlflow_uri):
     from hitmodels.registry import promote
     from hitmodels.train import train
-    from pipelines import score
 
     cfg = TrainConfig(family="lasso", model_name=MODEL, experiment=MODEL)
     promote(MODEL, train(random_table(6), cfg, mlflow_uri).version, tracking_uri=mlflow_uri)
+    return MODEL
+
+
+def test_score_survives_a_killed_worker(scoring_model, tiny_catalogue, tmp_path):
+    from pipelines import score
+
     manifest = pd.read_parquet(tiny_catalogue["manifest"]).head(12)
     manifest.to_parquet(tmp_path / "m.parquet")
     with Killer(after_s=1.0) as killer:  # each task extracts its rows' features first: about a second
@@ -88,3 +94,30 @@ def test_score_survives_a_killed_worker(ray_local, mlflow_uri, tiny_catalogue, t
     assert killer.killed, "no running scoring task was found to kill"
     assert len(raw) == 12 and sorted(raw["row_key"]) == sorted(manifest["track_id"])
     assert raw["error"].isna().all() and raw["popularity"].between(0, 100).all()
+
+
+def test_a_row_that_kills_its_scoring_worker_costs_that_row_only(scoring_model, tiny_catalogue, tmp_path):
+    """Scoring an audio manifest, a row whose task exits its worker every time (as an out-of-memory kill
+    or a native crash in a decoder would) becomes its own ``worker_died`` error after the bounded retries; the
+    other rows of its batch are scored and the job ends."""
+    from pipelines import score
+
+    manifest = pd.read_parquet(tiny_catalogue["manifest"]).head(6)
+    manifest.to_parquet(tmp_path / "m.parquet")
+    poison = manifest["track_id"].iloc[2]
+
+    def crashing(batch, **kwargs):
+        from pipelines.score import score_batch
+
+        if poison in set(batch.column("track_id").to_pylist()):
+            os._exit(1)
+        return score_batch(batch, **kwargs)
+
+    score.run(tmp_path / "m.parquet", tmp_path / "scores", MODEL, batch_size=3, batch_task=crashing)
+    raw = _raw(tmp_path / "scores")
+    print(f"score: rows in 6, rows out {len(raw)}, errors {raw['error'].dropna().str[:40].tolist()}")
+    assert len(raw) == 6 and sorted(raw["row_key"]) == sorted(manifest["track_id"])
+    by_key = raw.set_index("row_key")
+    assert by_key.loc[poison, "error"].startswith("worker_died: the worker processing this row died")
+    healthy = by_key.drop(index=poison)
+    assert healthy["error"].isna().all() and healthy["popularity"].between(0, 100).all()
