@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -38,31 +39,64 @@ from tables import random_table  # noqa: E402
 JSON = {"Content-Type": "application/json"}
 
 
-async def open_loop(url: str, body: bytes | None, rate: float, seconds: float,
-                    request: dict | None = None) -> tuple[np.ndarray, int]:
-    """Fire requests at ``rate`` per second for ``seconds``; returns latencies (s) and the error count.
-    Each is a POST of JSON ``body``, or of ``request`` (httpx's keyword arguments, e.g. ``files``)."""
-    latencies, errors = [], 0
-    request = request or {"content": body, "headers": JSON}
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=512)) as client:
-        async def one():
-            nonlocal errors
-            t0 = time.perf_counter()
-            r = await client.post(url, **request)
-            if r.status_code == 200:
-                latencies.append(time.perf_counter() - t0)
-            else:
-                errors += 1
+CLIENT_BACKLOG = -1  # status of a request the load generator did not send: too many were still in flight
 
+
+async def timed_open_loop(url: str, body: bytes | None, rate: float, seconds: float,
+                          request: dict | None = None, max_in_flight: int = 256) -> list[tuple[float, float, int]]:
+    """Fire requests at ``rate`` per second for ``seconds``, on a fixed schedule (a slow server cannot slow
+    the offered load); per request ``(seconds since the start it was due, latency s from then, status)``,
+    status 0 for no answer. Each is a POST of JSON ``body``, or of ``request`` (httpx's keyword arguments,
+    e.g. ``files``). At most ``max_in_flight`` are on the wire at once, each on a connection of its own; a
+    request due while all are busy waits for one (its wait counts in its latency), and one due while
+    ``max_in_flight`` more already wait is not sent and counts as failed (:data:`CLIENT_BACKLOG`). One
+    single-connection client per slot: httpx's shared pool scans every connection for every queued
+    request, and under a backlog that scan alone saturated a core here, so that the load generator, not
+    the server, was what got measured."""
+    records: list[tuple[float, float, int]] = []
+    request = request or {"content": body, "headers": JSON}
+    clients = [httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=1)) for _ in range(max_in_flight)]
+    idle: asyncio.Queue = asyncio.Queue()
+    for c in clients:
+        idle.put_nowait(c)
+    waiting = 0
+    start = time.perf_counter()
+
+    async def one(due: float):
+        nonlocal waiting
+        waiting += 1
+        client = await idle.get()
+        waiting -= 1
+        try:
+            status = (await client.post(url, **request)).status_code
+        except httpx.TransportError:
+            status = 0
+        finally:
+            idle.put_nowait(client)
+        records.append((due, time.perf_counter() - start - due, status))
+
+    try:
         tasks = []
-        start = time.perf_counter()
         for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
+            due = i / rate
+            delay = start + due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            if waiting >= max_in_flight:
+                records.append((due, 0.0, CLIENT_BACKLOG))
+                continue
+            tasks.append(asyncio.create_task(one(due)))
         await asyncio.gather(*tasks)
-    return np.array(latencies), errors
+    finally:
+        await asyncio.gather(*[c.aclose() for c in clients])
+    return records
+
+
+async def open_loop(url: str, body: bytes | None, rate: float, seconds: float,
+                    request: dict | None = None) -> tuple[np.ndarray, int]:
+    """:func:`timed_open_loop`'s latencies (s) of the requests answered 200, and the count of the others."""
+    records = await timed_open_loop(url, body, rate, seconds, request)
+    return np.array([r[1] for r in records if r[2] == 200]), sum(r[2] != 200 for r in records)
 
 
 async def closed_loop(url: str, body: bytes, in_flight: int, seconds: float) -> int:
@@ -104,6 +138,60 @@ def serve_env() -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "defaults"
 
 
+@contextlib.contextmanager
+def serve_stack(ingress: str):
+    """What every online benchmark runs against, all on 127.0.0.1 and stopped at the end: an MLflow server
+    of its own, a small HitMusicNet (``bench@champion``) trained on a 400-row generated table with the full
+    feature width, and a local Ray (token auth, a throwaway token) with Serve started on a free port. Yields
+    ``uri`` (MLflow), ``serve_port``, ``row`` (one valid feature row) and ``tmp`` (a scratch directory)."""
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))
+    os.environ.update(serve_runtime_env(ingress, private_dir=haproxy_dir))  # before Ray starts
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ensure_ray_token(haproxy_dir / "token")))
+
+    import ray
+
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+    from serve.deploy import PROXY_LOGGING
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-online-"))
+    mlflow_port, serve_port = free_port(), free_port()
+    mlflow_proc = start_mlflow(tmp / "mlflow", "127.0.0.1", mlflow_port)
+    uri = f"http://127.0.0.1:{mlflow_port}"
+    try:
+        table = random_table(0, n=400)
+        result = train(table, TrainConfig(ae_epochs=5, mlp_epochs=5, model_name="bench", experiment="bench"), uri)
+        promote("bench", result.version, tracking_uri=uri)
+        cols = [c for c in table.columns if c not in ("track_id", "artist_id", "error", "popularity")]
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
+        from ray import serve
+
+        serve.start(http_options={"host": "127.0.0.1", "port": serve_port}, logging_config=PROXY_LOGGING)
+        yield {"uri": uri, "serve_port": serve_port, "row": {c: float(table.iloc[0][c]) for c in cols}, "tmp": tmp}
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        stop_process(mlflow_proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def plain_server(uri: str, model: str = "models:/bench@champion"):
+    """The peer: ``plain_app.py`` (the same model, parsing and validation in one uvicorn process, no Ray) on a
+    free port; yields ``(process, base URL)``."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "plain_app:app", "--host", "127.0.0.1", "--port",
+                             str(port), "--log-level", "warning"], cwd=Path(__file__).parent,
+                            env=dict(os.environ, MLFLOW_TRACKING_URI=uri, BENCH_MODEL=model), start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=120, proc=proc)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
@@ -112,50 +200,20 @@ def main() -> int:
                    help="Serve's HTTP ingress: haproxy, Ray's Python proxy, or auto (haproxy where installed); "
                         "default $HITMUSIC_SERVE_INGRESS or auto")
     args = p.parse_args()
-    haproxy_dir = Path(tempfile.mkdtemp(prefix="hm-hap-", dir="/tmp"))
-    os.environ.update(serve_runtime_env(args.ingress, private_dir=haproxy_dir))  # before Ray starts
-    # token auth as everywhere, with a throwaway token of the benchmark's own
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(ensure_ray_token(haproxy_dir / "token")))
+    from serve.deploy import deploy
 
-    import ray
-
-    from hitmodels.registry import promote
-    from hitmodels.train import train
-    from serve.deploy import PROXY_LOGGING, deploy
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-online-"))
-    mlflow_port, serve_port, plain_port = free_port(), free_port(), free_port()
-    mlflow_proc = start_mlflow(tmp / "mlflow", "127.0.0.1", mlflow_port)
-    uri = f"http://127.0.0.1:{mlflow_port}"
-    plain = None
-    try:
-        table = random_table(0, n=400)
-        result = train(table, TrainConfig(ae_epochs=5, mlp_epochs=5, model_name="bench", experiment="bench"), uri)
-        promote("bench", result.version, tracking_uri=uri)
-        cols = [c for c in table.columns if c not in ("track_id", "artist_id", "error", "popularity")]
-        row = {c: float(table.iloc[0][c]) for c in cols}
-
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": uri}})
-        from ray import serve
-
-        serve.start(http_options={"host": "127.0.0.1", "port": serve_port}, logging_config=PROXY_LOGGING)
+    with serve_stack(args.ingress) as stack, plain_server(stack["uri"]) as (_, plain_url):
+        uri, serve_port, row = stack["uri"], stack["serve_port"], stack["row"]
         serve_url = deploy(ServeSettings(model_name="bench", tracking_uri=uri, poll_interval_s=3600),
                            port=serve_port, app_name="bench", route_prefix="/")
         direct_url = deploy(ServeSettings(model_name="bench", tracking_uri=uri, poll_interval_s=3600,
                                           max_batch_size=1), port=serve_port, app_name="direct",
                             route_prefix="/direct")
-        plain = subprocess.Popen([sys.executable, "-m", "uvicorn", "plain_app:app", "--host", "127.0.0.1",
-                                  "--port", str(plain_port), "--log-level", "warning"],
-                                 cwd=Path(__file__).parent,
-                                 env=dict(os.environ, MLFLOW_TRACKING_URI=uri, BENCH_MODEL="models:/bench@champion"),
-                                 start_new_session=True)
-        wait_http(f"http://127.0.0.1:{plain_port}/healthz", timeout_s=120, proc=plain)
         print(f"load: {os.getloadavg()}, cpus: {os.cpu_count()}, features per row: {len(row)}")
         print(f"Serve ingress: {serve_ingress_in_use()}; Ray Serve environment: {serve_env()}")
         results = {"serve": measure("serve", f"{serve_url}/predict", row, args.rates, args.seconds),
                    "serve-nb": measure("serve-nb", f"{direct_url}/predict", row, args.rates, args.seconds)}
-        f = measure("plain", f"http://127.0.0.1:{plain_port}/predict", row, args.rates, args.seconds)
+        f = measure("plain", f"{plain_url}/predict", row, args.rates, args.seconds)
         d = ServeSettings()
         print(f"\nserve: @serve.batch for overlapping requests (max_batch_size {d.max_batch_size}, wait "
               f"{d.batch_wait_timeout_s * 1000:g} ms); serve-nb: batching off (max_batch_size 1)")
@@ -168,14 +226,6 @@ def main() -> int:
             if 100 in s:
                 print(f"  target p99 <= 25 ms at 100 req/s: {'met' if s[100][1] <= 25 else 'NOT met'}")
             print(f"  target >= 5,000 tracks/s batched: {'met' if s['tracks_per_s'] >= 5000 else 'NOT met'}")
-    finally:
-        if plain is not None:
-            stop_process(plain)
-        if ray.is_initialized():
-            ray.shutdown()
-        stop_process(mlflow_proc)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(haproxy_dir, ignore_errors=True)
     return 0
 
 

@@ -385,6 +385,9 @@ class ServiceConfig:
     # per request than Ray's Python proxy on 2 cores, benchmarks/README.md), "proxy" (Ray's Python proxy),
     # or "auto" (haproxy where the binary is installed). Read when Ray starts: $HITMUSIC_SERVE_INGRESS.
     serve_ingress: str = field(default_factory=lambda: os.environ.get("HITMUSIC_SERVE_INGRESS", "auto"))
+    # where `hitmusic up`'s MLflow server keeps artifacts: HOME/mlflow/artifacts, or an s3:// prefix
+    # ($HITMUSIC_MLFLOW_ARTIFACTS; the server's AWS environment and MLFLOW_S3_ENDPOINT_URL reach it)
+    mlflow_artifacts: str | None = field(default_factory=lambda: os.environ.get("HITMUSIC_MLFLOW_ARTIFACTS"))
 
     @property
     def tracking_uri(self) -> str:

@@ -12,8 +12,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from .config import TrainConfig
 
 
@@ -52,11 +50,12 @@ def retrain_loop(config: dict) -> None:
     from . import families
     from .bundle import feature_config_of, write_bundle
     from .data import feature_columns, training_rows
+    from .storage import read_parquet
     from .train import retrain_rows
 
     cfg = TrainConfig(**config["cfg"])
     fam = families.get(cfg.family)
-    raw = pd.read_parquet(config["table"])
+    raw = read_parquet(config["table"])
     table = fam.prepare(training_rows(raw), cfg)
     fit, stop, calib = retrain_rows(table, cfg)
     par = ray_parallel()
@@ -79,19 +78,23 @@ def retrain_loop(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def retrain(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str, use_gpu: bool = False):
+def retrain(table_path: str, cfg: TrainConfig, storage: str, workers: int, name: str, use_gpu: bool = False):
     """Run :func:`retrain_loop` on ``workers`` Ray Train workers (one GPU each with ``use_gpu``); returns
-    Ray Train's Result (checkpoint: the bundle; metrics: rank 0's report)."""
+    Ray Train's Result (checkpoint: the bundle; metrics: rank 0's report). ``storage``: a local directory
+    or ``s3://`` URI (:func:`hitmodels.storage.filesystem`)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from .storage import filesystem
+
+    fs, path = filesystem(storage)
     trainer = TorchTrainer(retrain_loop, train_loop_config={"cfg": asdict(cfg), "table": table_path},
                            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-                           run_config=RunConfig(name=name, storage_path=str(storage)))
+                           run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs))
     return trainer.fit()
 
 
-def retrain_with_ray_train(table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str,
+def retrain_with_ray_train(table_path: str, cfg: TrainConfig, storage: str, workers: int, name: str,
                            use_gpu: bool = False):
     """:func:`retrain`, checked (every worker must end with the same weights), as a family's ``retrain``: a
     context manager giving the bundle directory, and the version's tags."""

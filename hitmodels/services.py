@@ -53,20 +53,27 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else (shutil.which(name) or name)
 
 
-def mlflow_server_command(backend_db: Path, artifacts_dir: Path, host: str, port: int, workers: int = 1) -> list[str]:
-    """The ``mlflow server`` command line: SQLite backend store, artifacts proxied over HTTP so that clients
-    never touch the store's files. ``mlflow/server.sh`` runs the same command."""
+def mlflow_server_command(backend_db: Path, artifacts_dir: Path | str, host: str, port: int,
+                          workers: int = 1) -> list[str]:
+    """The ``mlflow server`` command line: SQLite backend store, artifacts (a directory or an ``s3://``
+    prefix) proxied over HTTP so that clients never touch the store's files nor need its credentials.
+    ``mlflow/server.sh`` runs the same command."""
     return [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{backend_db}",
             "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port),
             "--workers", str(workers)]
 
 
-def start_mlflow(home: Path, host: str, port: int, log_path: Path | None = None) -> subprocess.Popen:
-    """Start ``mlflow server`` in the background and wait until ``/health`` answers."""
+def start_mlflow(home: Path, host: str, port: int, log_path: Path | None = None,
+                 artifacts: str | None = None) -> subprocess.Popen:
+    """Start ``mlflow server`` in the background and wait until ``/health`` answers. ``artifacts``: where
+    registered models and run artifacts go, ``home/artifacts`` by default, or an ``s3://`` prefix (the
+    server reaches it with the standard AWS environment and ``MLFLOW_S3_ENDPOINT_URL`` for an
+    S3-compatible store)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "artifacts").mkdir(exist_ok=True)
+    if artifacts is None:
+        (home / "artifacts").mkdir(exist_ok=True)
     log = open(log_path or home / "server.log", "ab")
-    proc = subprocess.Popen(mlflow_server_command(home / "mlflow.db", home / "artifacts", host, port),
+    proc = subprocess.Popen(mlflow_server_command(home / "mlflow.db", artifacts or home / "artifacts", host, port),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://{host}:{port}/health", timeout_s=120, proc=proc)
@@ -396,7 +403,7 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
     if _alive(pid_file):
         running.append("mlflow")
     else:
-        proc = start_mlflow(cfg.mlflow_dir, cfg.host, cfg.mlflow_port, cfg.run_dir / "mlflow.log")
+        proc = start_mlflow(cfg.mlflow_dir, cfg.host, cfg.mlflow_port, cfg.run_dir / "mlflow.log", cfg.mlflow_artifacts)
         pid_file.write_text(str(proc.pid))
     if ray_running(cfg):
         running.append("ray")

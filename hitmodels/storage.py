@@ -33,3 +33,45 @@ def parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     return sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet"))
+
+
+def is_s3(uri) -> bool:
+    return urlparse(str(uri)).scheme == "s3"
+
+
+def location(uri) -> str:
+    """``uri`` as every process of a cluster can use it: an ``s3://`` URI unchanged, a local path made
+    absolute here (a Ray worker's working directory is not the caller's)."""
+    return str(uri) if is_s3(uri) else str(Path(uri).resolve())
+
+
+def read_parquet(uri, columns: list[str] | None = None):
+    """A Parquet file or directory, local or ``s3://``, as a DataFrame (with the pandas metadata it was
+    written with, ``attrs`` included)."""
+    import pandas as pd
+
+    fs, path = filesystem(uri)
+    return pd.read_parquet(path, filesystem=fs, columns=columns)
+
+
+def read_text(uri: str) -> str | None:
+    """A small text file's contents (a job's state), or None when it does not exist."""
+    fs, path = filesystem(uri)
+    if not exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def write_text(uri: str, text: str) -> None:
+    """Replace a small text file whole: locally written beside it and renamed (a crash leaves the old
+    one); on S3 an object is replaced whole by its PUT anyway."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())

@@ -35,17 +35,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import pandas as pd
+import pyarrow.fs as pafs
 
 from hitmodels.entry import module_main
 from hitmodels.config import TrainConfig, default_home
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.services import init_ray
+from hitmodels.storage import exists, filesystem, location, read_parquet, read_text, write_text
 
 
 def run_trial(config: dict) -> None:
@@ -78,7 +78,7 @@ def close_stopped_trial_runs(client, experiment_id: str, parent_run_id: str, res
 
 
 def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, parent_run_id: str,
-                         storage: Path, workers: int, extra_tags: dict[str, str], use_gpu: bool = False):
+                         storage: str, workers: int, extra_tags: dict[str, str], use_gpu: bool = False):
     """Retrain the chosen configuration on the cluster (the family decides how: Ray Train for HitMusicNet, a
     Ray task for the classical families) and register the result; returns the TrainResult."""
     from hitmodels import families
@@ -87,13 +87,14 @@ def retrain_and_register(table_path: str, cfg: TrainConfig, tracking_uri: str, p
 
     bundle, tags = families.get(cfg.family).retrain(table_path, cfg, storage, workers,
                                                     f"retrain-{parent_run_id[:8]}", use_gpu)
-    table = pd.read_parquet(table_path)
+    table = read_parquet(table_path)
     fit, stop, calib = retrain_rows(families.get(cfg.family).prepare(training_rows(table), cfg), cfg)
     counts = {"train": len(fit), "val": len(stop), "calib": len(calib)}
     with bundle as directory:
         return register_bundle(Path(directory), table, cfg, tracking_uri, parent_run_id=parent_run_id,
                                tags={**extra_tags, **tags}, counts=counts)
 
+STATE_FILE = "hitmusic_tune.json"  # in STORAGE/NAME: the job's parent run, settings and registered version
 TUNE_PARENT_TAG = "tune_parent_run_id"  # on a version a tuning job registered: the job's parent run
 
 
@@ -133,28 +134,29 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         raise ValueError(f"the {family} family trains on log-mel segments: name its mel store with --mels DIR "
                          "(hitmusic mels MANIFEST DIR makes one)")
     init_ray()
-    table = str(Path(table).resolve())
-    storage = Path(storage or default_home() / "ray_results").resolve()
+    table = location(table)
+    storage = location(storage or default_home() / "ray_results")
+    fs, root = filesystem(storage)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     base = replace(base, ae_epochs=epochs, mlp_epochs=epochs)
     experiment = mlflow.set_experiment(f"{base.experiment}-tune")
-    exp_dir = storage / name
-    state_file = exp_dir / "hitmusic_tune.json"
+    exp_dir = f"{root}/{name}"  # a path of fs: local, or bucket/prefix on S3
+    state_file = f"{storage}/{name}/{STATE_FILE}"
     settings = job_settings(table, family=family, search=search, num_samples=num_samples, epochs=epochs,
                             grace_period=grace_period, cpus_per_trial=cpus_per_trial,
                             gpus_per_trial=gpus_per_trial, train_workers=train_workers, base=asdict(base))
-    if state_file.exists():  # resuming: the same job, with the parent run of the interrupted one
-        state = json.loads(state_file.read_text())
+    before = read_text(state_file)
+    if before is not None:  # resuming: the same job, with the parent run of the interrupted one
+        state = json.loads(before)
         check_resume(name, state.get("settings"), settings)
         parent_run_id = state["parent_run_id"]
     else:
         parent = mlflow.MlflowClient().create_run(experiment.experiment_id, run_name=f"tune-{name}",
                                                   tags={"model_family": family, "tune_name": name})
         parent_run_id = parent.info.run_id
-        exp_dir.mkdir(parents=True, exist_ok=True)
         state = {"parent_run_id": parent_run_id, "settings": settings}
-        state_file.write_text(json.dumps(state))
+        write_text(state_file, json.dumps(state))
 
     gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_trial and not gpus:
@@ -174,10 +176,10 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
         done = TrainResult(**state["registered"])
         print(f"tune: job {name} finished already: it registered {done.model_name} version {done.version}; "
               "nothing new is trained or registered (another --name starts a new job)", file=sys.stderr)
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable).get_results(), done
-    if tune.Tuner.can_restore(str(exp_dir)):
-        print(f"tune: resuming {exp_dir}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(exp_dir, trainable=trainable, storage_filesystem=fs).get_results(), done
+    if tune.Tuner.can_restore(exp_dir, storage_filesystem=fs):
+        print(f"tune: resuming {storage}/{name}", file=sys.stderr)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
         scheduler = ASHAScheduler(max_t=epochs, grace_period=min(grace_period, epochs), reduction_factor=3)
         tuner = tune.Tuner(
@@ -185,7 +187,7 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
             param_space={**space, "context": context},
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
                                         num_samples=1 if search == "grid" else num_samples),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs, verbose=1),
         )
     results = tuner.fit()
     best = results.get_best_result(metric=metric, mode=mode)
@@ -203,9 +205,8 @@ def run(table: str | Path, family: str = "hitmusicnet", search: str = "random", 
     else:
         registered = retrain_and_register(table, cfg, tracking_uri, parent_run_id, storage, train_workers,
                                           {"tune_name": name, TUNE_PARENT_TAG: parent_run_id}, retrain_gpu)
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**state, "registered": asdict(registered)}))
-    os.replace(tmp, state_file)  # whole: a crash mid-write would otherwise lose the parent run's id too
+    # replaced whole: a crash mid-write would otherwise lose the parent run's id too
+    write_text(state_file, json.dumps({**state, "registered": asdict(registered)}))
     client.set_terminated(parent_run_id)
     return results, registered
 
@@ -215,18 +216,20 @@ def job_settings(table: str, **settings) -> dict:
     them. A resume must match them (:func:`check_resume`)."""
     import hashlib
 
-    path = Path(table)
+    fs, path = filesystem(table)
     digest = hashlib.sha256()
-    # a directory's data files only, as Arrow discovers them: not _lock, _staging/ or _quarantine/, whose
-    # bytes change without the table changing
-    files = [f for f in sorted(path.rglob("*.parquet"))
-             if not any(part.startswith(("_", ".")) for part in f.relative_to(path).parts)] \
-        if path.is_dir() else [path]
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        # a directory's data files only, as Arrow discovers them: not _lock, _staging/ or _quarantine/, whose
+        # bytes change without the table changing
+        found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        files = sorted(f.path for f in found if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                       and not any(p.startswith(("_", ".")) for p in f.path[len(path):].strip("/").split("/")))
+    else:
+        files = [path] if exists(fs, path) else []
     for f in files:
-        if f.is_file():
-            with f.open("rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+        with fs.open_input_stream(f) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
     return json.loads(json.dumps({**settings, "table": table, "table_sha256": digest.hexdigest()}))
 
 
@@ -245,7 +248,7 @@ def check_resume(name: str, before: dict | None, now: dict) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("table", type=Path, help="model table (Parquet) from hitmusic build")
+    p.add_argument("table", help="model table (Parquet) from hitmusic build: a local path or s3:// URI")
     p.add_argument("--family", default="hitmusicnet",
                    help="model family to tune: hitmusicnet (default) or hgb; any folder of hitmodels/families/ "
                         "with a search space")
@@ -263,7 +266,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "over the workers, gloo on CPU, nccl on GPUs (one GPU per worker, used when "
                         "--gpus-per-trial > 0 and the cluster has N GPUs; CPU otherwise)")
     p.add_argument("--name", default="tune", help="job name: MLflow parent run and resume directory")
-    p.add_argument("--storage", type=Path, default=None, help="Tune storage (default $HITMUSIC_HOME/ray_results)")
+    p.add_argument("--storage", default=None,
+                   help="Tune storage, where trials' state and checkpoints go and an interrupted job resumes from: a "
+                        "directory every node sees, or an s3:// URI (default $HITMUSIC_HOME/ray_results)")
     p.add_argument("--model-name", default=None,
                    help="registered model name (default: the family's: hitmusicnet, or siamese-cnn for siamese)")
     p.add_argument("--mels", default=None, help="mel store of a family on log-mel input (siamese)")

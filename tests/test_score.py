@@ -211,3 +211,53 @@ def test_score_audio_manifest_extracts_first(model, tiny_catalogue, tmp_path):
     assert pd.isna(again.loc["0000000000000000000bad", "error"])
     assert again.loc["0000000000000000000bad", "attempt"] == 2
     assert (again.drop(index="0000000000000000000bad")["attempt"] == 1).all()
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_registry_with_its_artifacts_on_s3_registers_serves_and_scores(ray_local, s3_endpoint, serve_port,
+                                                                         tmp_path):
+    """An MLflow server whose artifact root is an S3 bucket (moto on loopback): a version registered through
+    it lands in the bucket, and batch scoring and a Serve replica load it from there (through the server,
+    which proxies the artifacts: the clients need no S3 credentials)."""
+    import boto3
+    import httpx
+    from ray import serve
+
+    from hitmodels.config import ServeSettings
+    from hitmodels.registry import promote
+    from hitmodels.services import free_port, start_mlflow, stop_process
+    from hitmodels.train import train
+    from pipelines import score
+    from serve.deploy import deploy
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="registry")
+    port = free_port()
+    proc = start_mlflow(tmp_path / "mlflow", "127.0.0.1", port, artifacts="s3://registry/mlflow")
+    uri = f"http://127.0.0.1:{port}"
+    app = "s3-registry"
+    try:
+        version = train(random_table(7), TrainConfig(family="lasso", model_name="s3-model", experiment="s3"),
+                        uri).version
+        promote("s3-model", version, tracking_uri=uri)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="registry", Prefix="mlflow/")["Contents"]]
+        print(f"registered version {version}: {len(keys)} objects under s3://registry/mlflow/")
+        assert any(k.endswith("bundle.json") for k in keys) and not (tmp_path / "mlflow" / "artifacts").exists()
+
+        table = random_table(8, n=50)
+        table.to_parquet(tmp_path / "table.parquet")
+        ref = score.run(tmp_path / "table.parquet", tmp_path / "scores", "s3-model", tracking_uri=uri)
+        scores = score.read_scores(tmp_path / "scores")
+        assert ref.version == version and len(scores) == 50 and scores["error"].isna().all()
+
+        url = deploy(ServeSettings(model_name="s3-model", tracking_uri=uri), port=serve_port, app_name=app,
+                     route_prefix=f"/{app}", replicas=1)
+        row = table.drop(columns=["track_id", "artist_id", "popularity", "error"]).iloc[0]
+        r = httpx.post(f"{url}/predict", json={"rows": [{k: float(v) for k, v in row.items()}]}, timeout=60)
+        assert r.status_code == 200, r.text
+        served = r.json()["predictions"][0]["popularity"]
+        assert abs(served - scores.set_index("track_id").loc[table["track_id"].iloc[0], "popularity"]) < 1e-6
+    finally:
+        serve.delete(app)
+        stop_process(proc)

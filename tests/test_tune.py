@@ -156,3 +156,40 @@ def test_a_classical_family_is_tuned_and_retrained_through_the_same_job(table_pa
     with pytest.raises(ValueError, match="nothing to tune"):
         tune.run(table_path, family="lasso", num_samples=1, epochs=1, name="lasso", storage=tmp_path, base=base,
                  tracking_uri=mlflow_uri)
+
+
+@pytest.mark.s3
+def test_a_tuning_job_with_its_table_and_storage_on_s3_resumes_from_there(table_path, ray_local, mlflow_uri,
+                                                                        s3_endpoint):
+    """Table and Tune storage on an S3-compatible server (moto on loopback): trials, their state and the
+    Ray Train retraining's checkpoint go to the bucket; a job stopped after registering, before recording it,
+    resumes from the bucket and finds its version instead of registering a second one."""
+    import json
+
+    import boto3
+    import mlflow
+
+    from pipelines import tune
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="tune-bucket")
+    s3.upload_file(str(table_path), "tune-bucket", "tables/model_table.parquet")
+    table, storage = "s3://tune-bucket/tables/model_table.parquet", "s3://tune-bucket/ray_results"
+    base = TrainConfig(model_name=MODEL, experiment=MODEL, patience=3)
+    kwargs = dict(search="random", num_samples=2, epochs=2, name="on-s3", storage=storage, base=base,
+                  tracking_uri=mlflow_uri, grace_period=1)
+    results, reg = tune.run(table, **kwargs)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tune-bucket", Prefix="ray_results/")["Contents"]]
+    print(f"tuned {len(results)} trials into S3: {len(keys)} objects; registered version {reg.version}")
+    assert len(results) == 2 and "ray_results/on-s3/hitmusic_tune.json" in keys
+    assert [k for k in keys if k.startswith("ray_results/on-s3/") and not k.endswith("hitmusic_tune.json")]
+    assert any(k.startswith("ray_results/retrain-") for k in keys)  # Ray Train's checkpoint went there too
+    state = json.loads(s3.get_object(Bucket="tune-bucket", Key="ray_results/on-s3/hitmusic_tune.json")["Body"].read())
+    assert state["registered"]["version"] == reg.version
+    c = mlflow.MlflowClient(mlflow_uri)
+    count = len(c.search_model_versions(f"name='{MODEL}'"))
+    state.pop("registered")  # as if the job had stopped between registering and recording it
+    s3.put_object(Bucket="tune-bucket", Key="ray_results/on-s3/hitmusic_tune.json", Body=json.dumps(state).encode())
+    results, again = tune.run(table, **kwargs)
+    assert again.version == reg.version and len(results) == 2
+    assert len(c.search_model_versions(f"name='{MODEL}'")) == count

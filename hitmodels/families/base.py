@@ -132,7 +132,7 @@ class Family:
         name = "-".join(f"{k}{v}" for k, v in sorted(params.items()))
         return replace(base, family=self.name, params={**base.params, **params}, name=name or base.name)
 
-    def retrain(self, table_path: str, cfg: TrainConfig, storage: Path, workers: int, name: str,
+    def retrain(self, table_path: str, cfg: TrainConfig, storage: str, workers: int, name: str,
                 use_gpu: bool = False) -> tuple[contextlib.AbstractContextManager[Path], dict[str, str]]:
         """Fit ``cfg`` on the whole training part on the cluster; returns a context manager giving the
         saved bundle directory, and tags for the registered version. This default fits in one Ray task
@@ -144,9 +144,10 @@ class Family:
         @ray.remote(num_cpus=1)
         def fit_remotely(table_path: str, cfg: TrainConfig) -> dict[str, bytes]:
             from hitmodels.data import feature_columns, training_rows
+            from hitmodels.storage import read_parquet
             from hitmodels.train import retrain_rows
 
-            raw = pd.read_parquet(table_path)
+            raw = read_parquet(table_path)
             table = self.prepare(training_rows(raw), cfg)
             fit, stop, calib = retrain_rows(table, cfg)
             fitted = self.fit(fit, stop, calib, feature_columns(table), cfg)
@@ -176,11 +177,12 @@ class Family:
         from ray import tune
 
         from hitmodels.data import training_rows
+        from hitmodels.storage import read_parquet
         from hitmodels.train import dataset_fingerprint, git_commit, split_rows
 
         ctx = config["context"]
         cfg = self.configure(config, TrainConfig(**ctx["base"]))
-        table = self.prepare(training_rows(pd.read_parquet(ctx["table"])), cfg)
+        table = self.prepare(training_rows(read_parquet(ctx["table"])), cfg)
         s = split_rows(table, cfg)
         mlflow.set_tracking_uri(tracking_uri(ctx["tracking_uri"]))  # bounds this worker's waits on the server too
         with mlflow.start_run(experiment_id=ctx["experiment_id"], run_name=tune.get_context().get_trial_name(),

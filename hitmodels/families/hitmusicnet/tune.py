@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-import pandas as pd
-
 from hitmodels.config import TrainConfig, tracking_uri
 
 
@@ -37,13 +35,14 @@ def hitmusicnet_trial(config: dict) -> None:
     from ray import tune
 
     from hitmodels.data import feature_columns, training_rows
+    from hitmodels.storage import read_parquet
     from hitmodels.train import dataset_fingerprint, git_commit, score, split_rows
 
     from .fit import fit_model
 
     ctx = config["context"]
     cfg = hitmusicnet_config(config, TrainConfig(**ctx["base"]))
-    table = training_rows(pd.read_parquet(ctx["table"]))
+    table = training_rows(read_parquet(ctx["table"]))
     s = split_rows(table, cfg)
     columns = feature_columns(table)
     mlflow.set_tracking_uri(tracking_uri(ctx["tracking_uri"]))  # bounds this worker's waits on the server too
