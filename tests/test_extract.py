@@ -26,7 +26,7 @@ import pytest
 import soundfile as sf
 
 from hitmodels import features
-from hitmodels.config import FeatureConfig, InputPolicy
+from hitmodels.config import FeatureConfig, InputPolicy, TrainConfig
 from hitmodels.services import free_port, signal_matching, stop_process
 from pipelines import extract
 
@@ -217,37 +217,6 @@ def test_audio_over_http(ray_local, tiny_catalogue, tmp_path, http_root):
 
 # ---- a two-node Ray cluster on this machine -------------------------------------------------------------
 
-_DRIVER = """
-import json, os, sys, time
-
-import ray
-
-from pipelines import extract
-
-manifest, out_dir, marker = sys.argv[1:4]
-ray.init(log_to_driver=False)  # RAY_ADDRESS names the cluster
-deadline = time.monotonic() + 120
-while sum(n["Alive"] for n in ray.nodes()) < 2:
-    assert time.monotonic() < deadline, "the second node never joined"
-    time.sleep(0.5)
-
-job_batch = extract.extract_batch
-
-
-def traced(batch, cfg, policy=None):  # pickled by value: the tasks note which node ran them, then do the real work
-    import ray
-
-    with open(os.path.join(marker, ray.get_runtime_context().get_node_id()), "a") as f:
-        f.write("".join(f"{t}\\n" for t in batch["track_id"]))
-    return job_batch(batch, cfg, policy)
-
-
-extract.extract_batch = traced
-counts = extract.run(manifest, out_dir, batch_size=1, block_size=2)
-print(json.dumps({"counts": dict(counts), "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}))
-"""
-
-
 def _kill_leftovers(tag: str) -> None:
     """SIGKILL processes of ours that outlived their process group: those whose command line names our own
     temp dir. Nothing else on the machine is touched (no `ray stop`, which stops every Ray here)."""
@@ -264,9 +233,14 @@ def _wait_started(proc: subprocess.Popen, log: Path, name: str, timeout_s: float
 
 
 @pytest.fixture()
-def two_node_cluster():
+def two_node_cluster_with_jobs():
+    yield from _two_nodes(dashboard=True)
+
+
+def _two_nodes(dashboard: bool):
     """`ray start --head` and a second `ray start --address` node, 1 CPU each, on free loopback ports with
-    their own temp dirs; yields the address. Stopped by killing our own process groups."""
+    their own temp dirs; yields the address (and, with ``dashboard``, the jobs API's URL: the dashboard that
+    `ray job submit` talks to). Stopped by killing our own process groups."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     # Short: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
     tmp = tempfile.mkdtemp(prefix="hm-ray-", dir="/tmp")
@@ -275,11 +249,12 @@ def two_node_cluster():
     # ~/.ray/auth_token, and the user's is neither read nor written
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
+    dashboard_port = free_port()
     common = ["--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--node-ip-address", "127.0.0.1",
               "--disable-usage-stats", "--block"]
     nodes = {
-        "head": ["--head", "--port", str(port), "--include-dashboard", "false", "--dashboard-host", "127.0.0.1",
-                 "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())],
+        "head": ["--head", "--port", str(port), "--include-dashboard", str(dashboard).lower(), "--dashboard-host",
+                 "127.0.0.1", "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(free_port())],
         "node2": ["--address", f"127.0.0.1:{port}"],
     }
     procs, logs = [], []
@@ -293,7 +268,8 @@ def two_node_cluster():
             # each node must be up before the next joins and the driver connects: a node that dies or hangs
             # fails here with its log, not as a driver that waits on an absent GCS until the test's timeout
             _wait_started(procs[-1], Path(f"{tmp}/{name}.log"), name)
-        yield {"address": f"127.0.0.1:{port}", "env": env, "tmp": Path(tmp)}
+        yield {"address": f"127.0.0.1:{port}", "env": env, "tmp": Path(tmp),
+               "jobs": f"http://127.0.0.1:{dashboard_port}" if dashboard else None}
     finally:
         for p in reversed(procs):
             # `ray start --block` takes ~20 s to wind its node down on SIGTERM; a throwaway cluster need not
@@ -304,25 +280,68 @@ def two_node_cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_extract_job_spreads_over_a_two_node_cluster(tiny_catalogue, tmp_path, two_node_cluster):
+_TASK_NODES = """
+import json, sys
+from ray.job_submission import JobSubmissionClient
+from ray.util.state import list_tasks
+
+address, submission = sys.argv[1:3]
+info = JobSubmissionClient(address).get_job_info(submission)
+tasks = list_tasks(address=address, filters=[("job_id", "=", info.job_id)], limit=10000, detail=True,
+                   raise_on_missing_output=False)
+print(json.dumps({"status": str(info.status), "nodes": sorted({t.node_id for t in tasks if "MapBatches" in t.name})}))
+"""
+
+
+@pytest.mark.integration
+def test_jobs_submitted_with_ray_job_submit_spread_over_a_two_node_cluster(tiny_catalogue, tmp_path, mlflow_uri,
+                                                                           two_node_cluster_with_jobs):
+    """The public path of cluster/README: `ray job submit` (token auth) of the extraction job and of the
+    scoring job to a head with a second node joined; both finish with every row, and the tasks of each ran
+    on both nodes (Ray's state API)."""
+    from hitmodels.registry import promote
+    from hitmodels.train import train
+    from pipelines import score
+    from tables import random_table
+
+    cluster = two_node_cluster_with_jobs
+    env = dict(cluster["env"])
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": mlflow_uri,
+                                           "HITMUSIC_ALLOWED_ROOTS": os.environ.get("HITMUSIC_ALLOWED_ROOTS", "")}})
+    logs = lambda: "".join(p.read_text(errors="replace")[-2000:] for p in cluster["tmp"].glob("*.log"))
+
+    def submit(name: str, *argv: str) -> list[str]:
+        try:
+            done = subprocess.run([ray_bin, "job", "submit", "--address", cluster["jobs"], "--submission-id", name,
+                                   "--runtime-env-json", runtime_env, "--", sys.executable, "-m", *argv],
+                                  env=env, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{name} timed out: {(exc.stdout or b'')[-3000:]!r}\nnode logs:\n{logs()}")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + logs()
+        nodes = subprocess.run([sys.executable, "-c", _TASK_NODES, cluster["jobs"], name], env=env,
+                               capture_output=True, text=True, timeout=120)
+        assert nodes.returncode == 0, nodes.stderr[-3000:]
+        result = json.loads(nodes.stdout.strip().splitlines()[-1])
+        print(f"{name}: {result}")
+        assert result["status"].endswith("SUCCEEDED")
+        return result["nodes"]
+
     good = _good_tracks(tiny_catalogue, 16)
     manifest = _manifest(tmp_path / "manifest.parquet", list(good.itertuples(index=False, name=None)))
-    (tmp_path / "driver.py").write_text(_DRIVER)
-    marker = tmp_path / "ran_on"
-    marker.mkdir()
-    env = dict(two_node_cluster["env"], RAY_ADDRESS=two_node_cluster["address"])
-    logs = lambda: "".join(p.read_text(errors="replace")[-2000:] for p in two_node_cluster["tmp"].glob("*.log"))
-    try:
-        done = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(manifest), str(tmp_path / "out"),
-                               str(marker)], env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"driver timed out; its stderr:\n{(exc.stderr or b'')[-4000:].decode(errors='replace')}\n"
-                    f"node logs:\n{logs()}")
-    assert done.returncode == 0, done.stderr[-4000:] + logs()
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["counts"] == {"ok": 16}
-    assert len(result["nodes"]) == 2
-    ran = {p.name: p.read_text().split() for p in marker.iterdir()}
-    assert set(ran) == set(result["nodes"]), "work ran on only one of the two nodes"
-    assert sorted(sum(ran.values(), [])) == sorted(good["track_id"])  # each track once, over both nodes
-    assert sorted(_raw_rows(tmp_path / "out")["track_id"]) == sorted(good["track_id"])
+    ran = submit("extract-job", "pipelines.extract", str(manifest), str(tmp_path / "features"), "--batch-size", "1",
+                 "--block-size", "2")
+    assert len(ran) == 2, "extraction ran on one node only"
+    assert sorted(_raw_rows(tmp_path / "features")["track_id"]) == sorted(good["track_id"])
+
+    cfg = TrainConfig(family="lasso", model_name="two-node", experiment="two-node")
+    promote("two-node", train(random_table(2), cfg, mlflow_uri).version, tracking_uri=mlflow_uri)
+    table = random_table(3, n=2000)
+    table.to_parquet(tmp_path / "catalogue.parquet", row_group_size=250)  # 8 row groups: 8 tasks
+    ran = submit("score-job", "pipelines.score", str(tmp_path / "catalogue.parquet"), str(tmp_path / "scores"),
+                 "--model", "two-node", "--batch-size", "250")
+    assert len(ran) == 2, "scoring ran on one node only"
+    scores = score.read_scores(tmp_path / "scores")
+    assert sorted(scores["track_id"]) == sorted(table["track_id"]) and scores["error"].isna().all()
+
