@@ -232,7 +232,12 @@ def _read_s3(uri: str, policy: InputPolicy) -> bytes:
     if any(part in (".", "..") for part in key.split("/")):  # some S3-compatible servers normalise them
         raise FetchError("uri_not_allowed", f"{redact(uri)}: '.' and '..' are not allowed in S3 keys")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    obj = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)
+    from botocore.config import Config
+
+    from .storage import s3_max_attempts
+
+    retries = Config(retries={"mode": "standard", "max_attempts": s3_max_attempts()})
+    obj = boto3.client("s3", endpoint_url=endpoint, config=retries).get_object(Bucket=bucket, Key=key)
     body = obj["Body"]
     try:
         if obj.get("ContentLength", 0) > policy.max_audio_bytes:

@@ -13,13 +13,38 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 
+def s3_max_attempts() -> int:
+    """Attempts per S3 request, the first included, for pyarrow and boto3 alike: throttling (503 SlowDown),
+    5xx answers and dropped connections are retried with the AWS SDKs' standard exponential backoff with
+    jitter. ``$HITMUSIC_S3_MAX_ATTEMPTS`` (default 8, at least 1)."""
+    return max(1, int(os.environ.get("HITMUSIC_S3_MAX_ATTEMPTS", "8")))
+
+
+def s3_read(fs: pafs.FileSystem, read, *args, **kwargs):
+    """``read(*args, **kwargs)``, a read of ``fs`` (idempotent), tried again on an ``OSError`` from S3 up to
+    :func:`s3_max_attempts` times with exponential backoff (0.2 s doubling, at most 5 s, with jitter).
+    pyarrow's S3 client does not retry a 5xx or SlowDown answer to a GET of a small byte range (a Parquet
+    footer, one column chunk): the error body overflows the range's buffer and surfaces as
+    ``INTERNAL_FAILURE ... Failed to flush response stream``. Local filesystems are read once."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return read(*args, **kwargs)
+    import tenacity
+
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(s3_max_attempts()), reraise=True,
+                                 retry=tenacity.retry_if_exception_type(OSError),
+                                 wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0))
+    return retrying(read, *args, **kwargs)
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local path or ``s3://`` URI (S3-compatible endpoint from env)."""
+    """A pyarrow filesystem and path for a local path or ``s3://`` URI (S3-compatible endpoint from env;
+    transient errors retried, :func:`s3_max_attempts`)."""
     parsed = urlparse(str(uri))
     if parsed.scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True,
-                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                               retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=s3_max_attempts()))
         return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
