@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 def s3_max_attempts() -> int:
     """Attempts per S3 request, the first included, for pyarrow and boto3 alike: throttling (503 SlowDown),
     5xx answers and dropped connections are retried with the AWS SDKs' standard exponential backoff with
-    jitter. ``$HITMUSIC_S3_MAX_ATTEMPTS`` (default 8, at least 1)."""
+    jitter. ``$HITMUSIC_S3_MAX_ATTEMPTS`` (default 8, at least 1). Known gap: pyarrow does not pickle an
+    ``S3FileSystem``'s retry strategy, so a filesystem handed to a Ray task retries 3 times."""
     return max(1, int(os.environ.get("HITMUSIC_S3_MAX_ATTEMPTS", "8")))
 
 

@@ -115,7 +115,7 @@ class FaultyProxy:
         self.server.server_close()
 
 
-def test_scoring_from_and_into_a_bucket_survives_throttling_5xx_and_dropped_connections(
+def test_scoring_from_and_into_a_bucket_survives_throttling_and_5xx(
         ray_local, mlflow_uri, s3_endpoint, tmp_path, monkeypatch):
     import boto3
 
