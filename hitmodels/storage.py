@@ -16,9 +16,14 @@ import pyarrow.fs as pafs
 def s3_max_attempts() -> int:
     """Attempts per S3 request, the first included, for pyarrow and boto3 alike: throttling (503 SlowDown),
     5xx answers and dropped connections are retried with the AWS SDKs' standard exponential backoff with
-    jitter. ``$HITMUSIC_S3_MAX_ATTEMPTS`` (default 8, at least 1). Known gap: pyarrow does not pickle an
-    ``S3FileSystem``'s retry strategy, so a filesystem handed to a Ray task retries 3 times."""
+    jitter. ``$HITMUSIC_S3_MAX_ATTEMPTS`` (default 8, at least 1), read where the job starts: the bound
+    travels with the filesystem to every Ray task (:class:`RetryingS3FileSystem`)."""
     return max(1, int(os.environ.get("HITMUSIC_S3_MAX_ATTEMPTS", "8")))
+
+
+def _transient(error: BaseException) -> bool:
+    # a missing object or a refused one stays missing or refused: only the rest of OSError is tried again
+    return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
 
 
 def s3_read(fs: pafs.FileSystem, read, *args, **kwargs):
@@ -32,9 +37,31 @@ def s3_read(fs: pafs.FileSystem, read, *args, **kwargs):
     import tenacity
 
     retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(s3_max_attempts()), reraise=True,
-                                 retry=tenacity.retry_if_exception_type(OSError),
+                                 retry=tenacity.retry_if_exception(_transient),
                                  wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0))
     return retrying(read, *args, **kwargs)
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """An ``S3FileSystem`` whose retry bound survives pickling. pyarrow's own ``__reduce__`` drops the
+    retry strategy, so a filesystem made on the driver and handed to a Ray task (Ray Data, Tune,
+    ``fn_kwargs``) would retry with the SDK's default of 3 attempts. Credentials are not pickled either:
+    each process takes them from its own AWS chain (instance profile, env, config files)."""
+
+    def __init__(self, max_attempts: int, **options):
+        self._rebuild_args = (max_attempts, options)
+        super().__init__(retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts), **options)
+
+    @property
+    def max_attempts(self) -> int:
+        return self._rebuild_args[0]
+
+    def __reduce__(self):
+        return _rebuild_s3, self._rebuild_args
+
+
+def _rebuild_s3(max_attempts: int, options: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(max_attempts, **options)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -43,9 +70,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     parsed = urlparse(str(uri))
     if parsed.scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        fs = pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True,
-                               region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-                               retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=s3_max_attempts()))
+        fs = RetryingS3FileSystem(s3_max_attempts(), endpoint_override=endpoint, allow_bucket_creation=True,
+                                  region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
         return fs, f"{parsed.netloc}{parsed.path}".rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 

@@ -227,7 +227,7 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 # (Not file paths such as AWS_CA_BUNDLE or AWS_CONFIG_FILE: they mean nothing on another node.)
 # Credentials are not among them: they reach workers through each node's own AWS environment, config file
 # or instance profile, never through a runtime environment that Ray's state API and dashboard show.
-S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION")
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "HITMUSIC_S3_MAX_ATTEMPTS")
 
 
 def part_files(out_dir: Path) -> list[Path]:

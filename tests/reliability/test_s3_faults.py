@@ -33,12 +33,14 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
 
 class FaultyProxy:
     """HTTP proxy on 127.0.0.1 to ``upstream``; of every ``every`` requests one gets a fault, the ``kinds``
-    in turn: ``"503"`` (SlowDown), ``"500"``, or ``"drop"`` (the connection closed without an answer)."""
+    in turn: ``"503"`` (SlowDown), ``"500"``, or ``"drop"`` (the connection closed without an answer).
+    Besides, the first ``put_burst`` PUTs of every object answer 503 in a row (``"503 burst"``)."""
 
-    def __init__(self, upstream: str, every: int = 4, kinds: tuple[str, ...] = ("503", "500")):
+    def __init__(self, upstream: str, every: int = 4, kinds: tuple[str, ...] = ("503", "500"), put_burst: int = 0):
         target = urlsplit(upstream)
         counter, faults = itertools.count(1), itertools.cycle(kinds)
-        self.injected: dict[str, int] = {k: 0 for k in kinds}
+        self.injected: dict[str, int] = {k: 0 for k in kinds} | ({"503 burst": 0} if put_burst else {})
+        puts: dict[str, int] = {}
         self.forwarded = 0
         lock = threading.Lock()
         proxy = self
@@ -65,6 +67,9 @@ class FaultyProxy:
                 body = self._body()
                 with lock:
                     fault = next(faults) if next(counter) % every == 0 else None
+                    if self.command == "PUT" and fault is None:
+                        puts[self.path] = puts.get(self.path, 0) + 1
+                        fault = "503 burst" if puts[self.path] <= put_burst else None
                     if fault:
                         proxy.injected[fault] += 1
                     else:
@@ -74,7 +79,7 @@ class FaultyProxy:
                     self.connection.close()
                     return
                 if fault:
-                    self.send_response(int(fault))
+                    self.send_response(int(fault.split()[0]))
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(SLOW_DOWN)))
                     self.end_headers()
@@ -130,7 +135,9 @@ def test_scoring_from_and_into_a_bucket_survives_throttling_and_5xx(
     table = random_table(9, n=600)
     table.to_parquet(tmp_path / "t.parquet", row_group_size=100)  # six tasks, six parts
     s3.upload_file(str(tmp_path / "t.parquet"), "flaky", "in/t.parquet")
-    with FaultyProxy(s3_endpoint, every=20) as proxy:  # 5 %: a sustained 25 % empties the SDKs' retry quota
+    # 5 %: a sustained 25 % empties the SDKs' retry quota. 4 refusals in a row of every PUT: past the SDKs'
+    # default of 3 attempts, so the job's bound must reach the tasks that write its parts
+    with FaultyProxy(s3_endpoint, every=20, put_burst=4) as proxy:
         # the job's filesystem is made on the driver and handed to its tasks: all S3 traffic goes through
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
         score.run("s3://flaky/in/t.parquet", "s3://flaky/scores", MODEL)
@@ -145,4 +152,5 @@ def test_scoring_from_and_into_a_bucket_survives_throttling_and_5xx(
     rows = pd.concat([pq.read_table(io.BytesIO(s3.get_object(Bucket="flaky", Key=k)["Body"].read())).to_pandas()
                       for k in keys], ignore_index=True)
     assert len(rows) == len(table) and rows["row_key"].is_unique
+    assert proxy.injected["503 burst"] >= 4 * len(keys)
     assert sorted(out["track_id"]) == sorted(table["track_id"]) and out["error"].isna().all()
