@@ -5,7 +5,9 @@ Ray retries a task whose worker died, by default without end, so one such row wo
 and the healthy rows of its batch would never be written. Here a task is retried :data:`TASK_RETRIES` times;
 a block whose task still fails is set aside instead of failing the job (Ray Data's ``max_errored_blocks``),
 and after the job its rows, found by their row keys, are done again one per task: each row that passes is
-written, and a row whose worker dies every time becomes its own error, ``worker_died: ...``.
+written, and a row whose worker dies every time becomes its own error, ``worker_died: ...``. A task that
+fails because a service is out (S3, MLflow) fails the job instead, so that an outage never turns healthy rows
+into errors.
 """
 
 from __future__ import annotations
@@ -45,17 +47,32 @@ def redo_one_by_one(rows: pd.DataFrame, task: Callable[..., pa.Table], task_kwar
     fn = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, **(remote_args or {}))(task)
     frames = [rows.iloc[i:i + 1].reset_index(drop=True) for i in range(len(rows))]
     pending = {fn.remote(frame, **task_kwargs): frame for frame in frames}
-    while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        frame = pending.pop(ref)
-        try:
-            yield ray.get(ref)
-            continue
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
-                ray.exceptions.NodeDiedError, ray.exceptions.RaySystemError) as exc:
-            reason = (f"worker_died: the worker processing this row died {TASK_RETRIES + 1} times "
-                      f"({type(exc).__name__}: out of memory, or a native crash in a decoder)")
-        except ray.exceptions.RayTaskError as exc:
-            reason = f"internal: {type(exc.cause).__name__}: {str(exc.cause)[:300]}"
-        print(f"{job}: row {frame.iloc[0].get('row_key')}: {reason}", file=sys.stderr)
-        yield error_table(frame, reason)
+    try:
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            frame = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+                continue
+            except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError,
+                    ray.exceptions.NodeDiedError, ray.exceptions.RaySystemError) as exc:
+                reason = (f"worker_died: the worker processing this row died {TASK_RETRIES + 1} times "
+                          f"({type(exc).__name__}: out of memory, or a native crash in a decoder)")
+            except ray.exceptions.RayTaskError as exc:
+                if is_outage(exc.cause):
+                    raise  # not this row's fault: the job fails and a re-run does the rows not yet written
+                reason = f"internal: {type(exc.cause).__name__}: {str(exc.cause)[:300]}"
+            print(f"{job}: row {frame.iloc[0].get('row_key')}: {reason}", file=sys.stderr)
+            yield error_table(frame, reason)
+    finally:  # the caller stopped early (an outage, an interrupt): the rest is not wanted
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a task's exception is a service's, not its row's: the tasks keep a row's own errors in the row,
+    so an ``OSError`` that escapes one is its storage's (S3 past the retries, a full disk), and an MLflow
+    server that does not answer is :func:`hitmodels.tracking.is_outage`."""
+    from .tracking import is_outage as tracking_outage
+
+    return isinstance(exc, OSError) or tracking_outage(exc)

@@ -391,7 +391,8 @@ def write_isolated(ds, out_dir: str, state: outdir.Resume, rows: pa.Table, task,
     every time (a poison row: out of memory, a native crash in a decoder) set aside, then scored one per
     task (:mod:`hitmodels.isolate`): the healthy rows of that batch get their scores, the poison row its
     ``worker_died`` error, and rows in = rows out."""
-    outdir.write_dataset(ds, out_dir, set_aside_failed=True, attempts=state.retry)
+    if outdir.write_dataset(ds, out_dir, set_aside_failed=True, attempts=state.retry) >= rows.num_rows:
+        return  # one row out per row in: no block was set aside
     todo = rows.select(["track_id", ROW_KEY]).to_pandas()
     lost_keys = set(outdir.not_written(todo, state, scored(out_dir, max_attempts)[0])[ROW_KEY])
     if not lost_keys:
@@ -419,12 +420,22 @@ def input_columns(uri: str) -> list[str]:
 QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 
 
+def _progress_columns(fs: pafs.FileSystem, part: str, out_dir: str) -> pd.DataFrame:
+    names = pq.read_schema(part, filesystem=fs).names
+    if ROW_KEY not in names:
+        raise ValueError(f"{out_dir} was begun by a version of hitmusic that kept no row keys: score into a new "
+                         "directory")
+    wanted = [c for c in (ROW_KEY, "error", "model_version", outdir.ATTEMPT) if c in names]
+    return pq.read_table(part, columns=wanted, filesystem=fs).to_pandas()
+
+
 def scored(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> tuple[outdir.Resume, set[str]]:
     """What a run into ``out_dir`` skips and retries (:func:`hitmodels.outdir.resume_from`: a failed row is
     scored again until it has failed ``max_attempts`` times) and the model versions that scored it. A part
     file that cannot be read (cut short by a crash in versions that wrote parts in place) is moved to
     ``out_dir/_quarantine`` so that its rows count as not done, are scored again, and every later read of
-    ``out_dir`` succeeds. An output begun before row keys existed is refused: it can only be told apart by
+    ``out_dir`` succeeds; on S3 only a part that is not Parquet is, while one S3 keeps failing to serve past
+    the retries (:func:`hitmodels.storage.s3_read`) fails the run and stays. An output begun before row keys existed is refused: it can only be told apart by
     track_id, which loses duplicate rows and repeats rows without an id."""
     fs, path = filesystem(out_dir)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
@@ -434,13 +445,10 @@ def scored(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> tuple[outdi
         if not info.path.endswith(".parquet"):
             continue
         try:
-            names = pq.read_schema(info.path, filesystem=fs).names
-            if ROW_KEY not in names:
-                raise ValueError(f"{out_dir} was begun by a version of hitmusic that kept no row keys: score into "
-                                 "a new directory")
-            wanted = [c for c in (ROW_KEY, "error", "model_version", outdir.ATTEMPT) if c in names]
-            frames.append(pq.read_table(info.path, columns=wanted, filesystem=fs).to_pandas())
+            frames.append(s3_read(fs, _progress_columns, fs, info.path, out_dir))
         except (pa.ArrowException, OSError) as exc:
+            if isinstance(fs, pafs.S3FileSystem) and not isinstance(exc, pa.ArrowInvalid):
+                raise  # S3 still failing after the retries: the part may be fine, so keep it
             target = f"{path}/{QUARANTINE}/{info.base_name}"
             fs.create_dir(f"{path}/{QUARANTINE}")
             fs.move(info.path, target)

@@ -92,7 +92,7 @@ def test_a_row_that_kills_its_worker_costs_that_row_only(ray_local, tiny_catalog
 def test_rows_redone_one_by_one_each_come_back_whatever_the_others_do(ray_local):
     """Of three rows redone alone, one kills its worker every time and one raises: each still comes back
     (the healthy row's table, the others as their error), yielded as it finishes so the caller has written
-    the healthy one before a failure elsewhere."""
+    the healthy one before a failure elsewhere. A row whose storage fails raises instead."""
     import pyarrow as pa
 
     from hitmodels import isolate
@@ -105,6 +105,8 @@ def test_rows_redone_one_by_one_each_come_back_whatever_the_others_do(ray_local)
             os._exit(1)
         if key == "raises":
             raise RuntimeError("a defect")
+        if key == "outage":
+            raise OSError("AWS Error SLOW_DOWN during PutObject operation")
         return pa.table({"row_key": [key], "error": pa.array([None], pa.string())})
 
     rows = pd.DataFrame({"row_key": ["ok", "dies", "raises"]})
@@ -115,3 +117,8 @@ def test_rows_redone_one_by_one_each_come_back_whatever_the_others_do(ray_local)
     print(f"rows redone 3, came back {len(got)}: {got}")
     assert got["ok"] is None and got["dies"].startswith("worker_died:")
     assert got["raises"] == "internal: RuntimeError: a defect"
+    # storage failing is not the row's fault: the job fails (a re-run does the row) instead of an error row
+    with pytest.raises(OSError, match="SLOW_DOWN"):
+        list(isolate.redo_one_by_one(pd.DataFrame({"row_key": ["outage"]}), task, {},
+                                     lambda row, reason: pytest.fail(f"an outage became a row error: {reason}"),
+                                     "test"))
