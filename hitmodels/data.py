@@ -364,34 +364,31 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 ROW_KEY = "row_key"
 
 
+def id_key(track_id: str) -> str:
+    """The row key of a track_id's first row: the id itself, with each ``#`` doubled. Generated keys
+    (:func:`row_keys`) hold a single ``#``, so no real id can spell one, whatever else the manifest holds.
+
+    >>> id_key("a"), id_key("a#2")
+    ('a', 'a##2')
+    """
+    return str(track_id).replace("#", "##")
+
+
 def row_keys(track_ids) -> tuple[list[str], list[str | None]]:
     """Per manifest row, the key its output row is written and resumed under, and an error for a row that
-    cannot stand for a track of its own. A track_id's first row is keyed by the id itself; a later row with
-    the same id gets ``<id>#<k>`` (its k-th occurrence) and ``duplicate_track_id``, naming the first row; a row
-    without an id gets ``#row<n>`` and ``missing_track_id``. So every input row has exactly one output row,
-    duplicates and id-less rows included (rows in = rows out), and a resume finds each of them done.
-    Row numbers are 1-based positions in the manifest. A generated key that a real id of the manifest
-    already spells (an id ``a#2`` beside a duplicated ``a``) gets ``~2``, ``~3``... appended until unique.
+    cannot stand for a track of its own. A track_id's first row is keyed by :func:`id_key` (the id itself
+    unless it holds a ``#``); a later row with the same id gets ``<id_key>#<k>`` (its k-th occurrence) and
+    ``duplicate_track_id``, naming the first row; a row without an id gets ``#row<n>`` and
+    ``missing_track_id``. So every input row has exactly one output row, duplicates and id-less rows included
+    (rows in = rows out), and a resume finds each of them done. Row numbers are 1-based positions in the
+    manifest. A row's key depends only on the rows before it: a manifest that grows at its end keeps the
+    keys it had. Generated keys have an odd run of ``#`` and id keys only even runs, so they never collide.
 
-    >>> row_keys(["a", "b", "a", None])
-    (['a', 'b', 'a#2', '#row4'], [None, None, "duplicate_track_id: 'a' is also manifest row 1", 'missing_track_id: manifest row 4 has no track_id'])
+    >>> row_keys(["a", "b", "a", None, "a#2"])
+    (['a', 'b', 'a#2', '#row4', 'a##2'], [None, None, "duplicate_track_id: 'a' is also manifest row 1", 'missing_track_id: manifest row 4 has no track_id', None])
     """
     def missing(t) -> bool:
         return t is None or (isinstance(t, float) and np.isnan(t)) or not str(t).strip()
-
-    track_ids = list(track_ids)
-    ids = {str(t) for t in track_ids if not missing(t)}
-    used: set[str] = set()
-
-    def unused(key: str) -> str:
-        # a generated key never equals a real id of the manifest (an id "a#2" beside a duplicate "a"),
-        # nor another generated key
-        candidate, k = key, 1
-        while candidate in used or candidate in ids:
-            k += 1
-            candidate = f"{key}~{k}"
-        used.add(candidate)
-        return candidate
 
     keys: list[str] = []
     errors: list[str | None] = []
@@ -399,18 +396,17 @@ def row_keys(track_ids) -> tuple[list[str], list[str | None]]:
     seen: dict[str, int] = {}
     for n, t in enumerate(track_ids, start=1):
         if missing(t):
-            keys.append(unused(f"#row{n}"))
+            keys.append(f"#row{n}")
             errors.append(f"missing_track_id: manifest row {n} has no track_id")
             continue
         t = str(t)
         seen[t] = seen.get(t, 0) + 1
         if seen[t] == 1:
             first[t] = n
-            keys.append(t)
-            used.add(t)
+            keys.append(id_key(t))
             errors.append(None)
         else:
-            keys.append(unused(f"{t}#{seen[t]}"))
+            keys.append(f"{id_key(t)}#{seen[t]}")
             errors.append(f"duplicate_track_id: {t!r} is also manifest row {first[t]}")
     return keys, errors
 

@@ -190,7 +190,10 @@ def read_parts(fs: pafs.FileSystem, files: list[str], columns: list[str] | None 
             if c not in df:
                 df[c] = None
     if ROW_KEY in df and "track_id" in df:
-        df[ROW_KEY] = df[ROW_KEY].astype(object).where(df[ROW_KEY].notna(), df["track_id"])
+        from .data import id_key
+
+        df[ROW_KEY] = df[ROW_KEY].astype(object).where(df[ROW_KEY].notna(),
+                                                       df["track_id"].map(id_key, na_action="ignore"))
     return df
 
 

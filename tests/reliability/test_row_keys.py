@@ -22,10 +22,14 @@ def test_row_keys_name_duplicates_and_missing_ids():
 
 
 def test_generated_row_keys_never_collide_with_real_ids():
-    """Real ids that spell a generated key (``a#2``, ``#row2``) keep their own key; the generated one moves."""
-    keys, errors = row_keys(["a", None, "a", "a#2", "#row2", "a#2~2", "a"])
-    assert keys == ["a", "#row2~2", "a#2~3", "a#2", "#row2", "a#2~2", "a#3"]
-    assert len(set(keys)) == len(keys) and errors[3:6] == [None, None, None]
+    """Real ids that spell a generated key (``a#2``, ``#row2``) get their ``#`` doubled, so every key is
+    unique; and a row's key does not change when rows are appended to the manifest."""
+    ids = ["a", None, "a", "a#2", "#row2", "a#", "a##2", "a#", "a"]
+    keys, errors = row_keys(ids)
+    assert keys == ["a", "#row2", "a#2", "a##2", "##row2", "a##", "a####2", "a###2", "a#3"]
+    assert len(set(keys)) == len(keys) and errors[3:7] == [None, None, None, None]
+    for n in range(1, len(ids)):
+        assert row_keys(ids[:n])[0] == keys[:n]
     _, failed = keyed_manifest(pd.DataFrame({"track_id": ["#row2", "#row2"], "audio_uri": ["x", "y"]}))
     assert failed["track_id"].tolist() == ["#row2"]  # a duplicated real id, not a missing one
 
