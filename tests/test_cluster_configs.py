@@ -252,3 +252,15 @@ def test_rayservice_carries_the_serve_apps_config():
     assert b["args"]["tracking_uri"] == "http://mlflow.hitmusic.svc.cluster.local:5000"
     module, _, attr = b["import_path"].partition(":")
     assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_an_installed_project_has_every_package():
+    """The image installs the project non-editable (``pip install .``): every package of the checkout,
+    the model families' subpackages included, must be in what setuptools finds."""
+    import setuptools
+
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = set(setuptools.find_packages(str(REPO), include=find["include"]))
+    packages = {".".join(p.parent.relative_to(REPO).parts) for top in ("hitmodels", "pipelines", "serve")
+                for p in (REPO / top).rglob("__init__.py")}
+    assert "hitmodels.families.hitmusicnet" in packages and packages <= found
