@@ -149,7 +149,8 @@ def commands() -> list[tuple[str, str]]:
     out = [(f"{name}:{d['metadata']['name']}", d["spec"]["entrypoint"]) for name, d in manifests()
            if d["kind"] == "RayJob"]
     cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
-    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                "worker_start_ray_commands"):
         out += [(f"aws.yaml:{key}", c) for c in cfg[key]]
     for name, t in cfg["available_node_types"].items():
         out += [(f"aws.yaml:{name}", c) for c in t.get("worker_setup_commands", [])]
@@ -264,3 +265,21 @@ def test_an_installed_project_has_every_package():
     packages = {".".join(p.parent.relative_to(REPO).parts) for top in ("hitmodels", "pipelines", "serve")
                 for p in (REPO / top).rglob("__init__.py")}
     assert "hitmodels.families.hitmusicnet" in packages and packages <= found
+
+
+def test_each_aws_node_type_installs_one_torch_build_and_only_the_head_reads_mlflows_secret():
+    """The launcher runs ``setup_commands`` on every node before the head's or a worker type's own; an
+    install there would put the CPU build of torch on the GPU nodes, and the CUDA install after it would be
+    a no-op (torch==2.13.0 already satisfied). File mounts reach every node, so the Postgres URI is not one."""
+    cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
+    assert not [c for c in cfg["setup_commands"] if "pip install" in c]
+    per_type = {"head": cfg["head_setup_commands"], "cpu": cfg["worker_setup_commands"],
+                "gpu": cfg["available_node_types"]["gpu"]["worker_setup_commands"]}
+    assert "worker_setup_commands" not in cfg["available_node_types"]["cpu"]
+    for name, wheel in (("head", "whl/cpu"), ("cpu", "whl/cpu"), ("gpu", "whl/cu128")):
+        indexes = [c for c in per_type[name] if "download.pytorch.org" in c]
+        assert len(indexes) == 1 and wheel in indexes[0], name
+    assert any("psycopg2" in c for c in per_type["head"])  # MLflow's Postgres backend store
+    assert list(cfg["file_mounts"]) == ["/home/ray/hitmusic", "/home/ray/.hitmusic-cluster/ray_auth_token"]
+    server = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
+    assert "ssm" in server and "--backend-store-uri" not in server  # from the environment, not on argv
