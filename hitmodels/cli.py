@@ -38,8 +38,9 @@ from .config import ServeSettings, ServiceConfig, SynthConfig
 
 
 def _services(args) -> ServiceConfig:
+    node_ip = {"ray_node_ip": args.node_ip} if getattr(args, "node_ip", None) else {}
     return ServiceConfig(home=Path(args.home).resolve(), mlflow_port=args.mlflow_port, serve_port=args.serve_port,
-                         ray_port=args.ray_port, ray_dashboard_port=args.dashboard_port)
+                         ray_port=args.ray_port, ray_dashboard_port=args.dashboard_port, **node_ip)
 
 
 def _export_tracking(cfg: ServiceConfig) -> None:
@@ -262,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    add("up", "start the local Ray instance and the MLflow server in the background", cmd_up)
+    up = add("up", "start the local Ray instance and the MLflow server in the background", cmd_up)
+    up.add_argument("--node-ip", metavar="ADDRESS",
+                    help="the address the Ray head advertises to nodes that join it: this machine's LAN address "
+                         "when other machines join with `ray start --address ADDRESS:6379` (default "
+                         "$HITMUSIC_RAY_NODE_IP or 127.0.0.1; the dashboard and MLflow stay on 127.0.0.1)")
     add("down", "stop Serve, Ray and the MLflow server", cmd_down)
     sp = add("synth", "generate a sample catalogue in the SPD layout, with audio and lyrics", cmd_synth)
     s = SynthConfig()

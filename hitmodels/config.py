@@ -381,6 +381,10 @@ class ServiceConfig:
     serve_port: int = 8000
     ray_port: int = 6379
     ray_dashboard_port: int = 8265
+    # the address the Ray head advertises to the nodes that join it ($HITMUSIC_RAY_NODE_IP): loopback on one
+    # machine; the head's LAN address when machines on a LAN join (cluster/README.md). The dashboard, the jobs
+    # API and MLflow stay on ``host`` either way.
+    ray_node_ip: str = field(default_factory=lambda: os.environ.get("HITMUSIC_RAY_NODE_IP", "127.0.0.1"))
     # Serve's HTTP ingress: "haproxy" (HAProxy in front of the replicas' own HTTP servers: ~3x less latency
     # per request than Ray's Python proxy on 2 cores, benchmarks/README.md), "proxy" (Ray's Python proxy),
     # or "auto" (haproxy where the binary is installed). Read when Ray starts: $HITMUSIC_SERVE_INGRESS.

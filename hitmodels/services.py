@@ -270,13 +270,18 @@ def refresh_ray_auth() -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
-def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
-    """``ray start --head`` on loopback with token auth, with the dashboard (needed by ``ray job submit``)."""
-    cmd = [_bin("ray"), "start", "--head", "--port", str(cfg.ray_port), "--node-ip-address", cfg.host,
+def ray_head_command(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """``ray start --head`` advertising ``cfg.ray_node_ip`` to joining nodes, with the dashboard (needed by
+    ``ray job submit``) on ``cfg.host``."""
+    cmd = [_bin("ray"), "start", "--head", "--port", str(cfg.ray_port), "--node-ip-address", cfg.ray_node_ip,
            "--dashboard-host", cfg.host, "--dashboard-port", str(cfg.ray_dashboard_port), "--disable-usage-stats",
            *extra_args]
-    if num_cpus:
-        cmd += ["--num-cpus", str(num_cpus)]
+    return cmd + (["--num-cpus", str(num_cpus)] if num_cpus else [])
+
+
+def start_ray_head(cfg: ServiceConfig, num_cpus: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    """Start :func:`ray_head_command` with token auth and Serve's settings."""
+    cmd = ray_head_command(cfg, num_cpus, extra_args)
     # `ray job submit -- python -m pipelines.x` runs `python` from the head's PATH: make it this environment's.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.update(ray_auth_env(cfg.home, create=True))
@@ -415,7 +420,7 @@ def up(cfg: ServiceConfig, ray_args: tuple[str, ...] = ()) -> dict[str, str]:
                                "a Ray head already runs there, it does not accept this project's token "
                                f"({token}): stop it (`ray stop`) or point RAY_AUTH_TOKEN_PATH at its token") from None
     return {"mlflow": f"http://{cfg.host}:{cfg.mlflow_port}",
-            "ray": f"{cfg.host}:{cfg.ray_port}",
+            "ray": f"{cfg.ray_node_ip}:{cfg.ray_port}",
             "ray_dashboard": f"http://{cfg.host}:{cfg.ray_dashboard_port}",
             "serve": cfg.serve_url, "ray_token": token,
             "already_running": ",".join(running)}

@@ -158,3 +158,23 @@ def test_ray_instance_pids_takes_local_addresses_and_descendants_only():
     }
     assert ray_instance_pids(6390, table) == ({10, 11, 12, 13}, session.decode())
     assert ray_instance_pids(6391, table) == (set(), None)
+
+
+def test_the_head_advertises_its_lan_address_only_when_told(monkeypatch, tmp_path):
+    """`hitmusic up` on one machine advertises loopback; `--node-ip` (or $HITMUSIC_RAY_NODE_IP) makes the head
+    joinable from a LAN while the dashboard stays on loopback."""
+    from hitmodels.cli import _services, build_parser
+    from hitmodels.services import ray_head_command
+
+    def flag(cmd: list[str], name: str) -> str:
+        return cmd[cmd.index(name) + 1]
+
+    monkeypatch.delenv("HITMUSIC_RAY_NODE_IP", raising=False)
+    local = ray_head_command(_services(build_parser().parse_args(["up", "--home", str(tmp_path)])))
+    assert flag(local, "--node-ip-address") == "127.0.0.1" == flag(local, "--dashboard-host")
+    lan = ray_head_command(_services(build_parser().parse_args(["up", "--home", str(tmp_path),
+                                                                "--node-ip", "10.0.0.5"])))
+    assert flag(lan, "--node-ip-address") == "10.0.0.5" and flag(lan, "--dashboard-host") == "127.0.0.1"
+    monkeypatch.setenv("HITMUSIC_RAY_NODE_IP", "10.0.0.6")
+    env = ray_head_command(_services(build_parser().parse_args(["up", "--home", str(tmp_path)])))
+    assert flag(env, "--node-ip-address") == "10.0.0.6"
