@@ -310,20 +310,30 @@ def _processes() -> dict[int, tuple[int, list[bytes]]]:
     return table
 
 
-def ray_instance_pids(port: int, table: dict[int, tuple[int, list[bytes]]] | None = None) -> tuple[set[int], str | None]:
-    """The processes of the Ray instance whose GCS listens on ``port``, and its session directory (None when
-    no GCS of that port runs). Its daemons name the port (``--gcs_server_port=``, ``--gcs-address=...:port``,
-    ``--address=...:port``) or the session directory; workers, actors, job drivers and the HAProxy a Serve
-    actor runs are their descendants. Other Ray instances on the machine match neither."""
+def gcs_marks(port: int, table: dict[int, tuple[int, list[bytes]]] | None = None) -> tuple[str | None, set[bytes]]:
+    """The session directory of the Ray instance whose GCS listens on ``port`` (None when none runs) and the
+    hosts by which an address names it: loopback and the GCS's ``--node-ip-address``."""
     table = _processes() if table is None else table
     session = None
-    # an address names this instance only with a host of this machine: a node here that joined a remote
-    # head listening on the same port number belongs to that other cluster
     hosts = {b"127.0.0.1", b"localhost"}
     for _, argv in table.values():
         if f"--gcs_server_port={port}".encode() in argv:
             session = next((a.split(b"=", 1)[1].decode() for a in argv if a.startswith(b"--session-dir=")), None)
             hosts |= {a.split(b"=", 1)[1] for a in argv if a.startswith(b"--node-ip-address=")}
+    return session, hosts
+
+
+def ray_instance_pids(port: int, table: dict[int, tuple[int, list[bytes]]] | None = None,
+                      marks: tuple[str | None, set[bytes]] | None = None) -> tuple[set[int], str | None]:
+    """The processes of the Ray instance whose GCS listens on ``port``, and its session directory (None when
+    no GCS of that port runs). Its daemons name the port (``--gcs_server_port=``, ``--gcs-address=...:port``,
+    ``--address=...:port``) or the session directory; workers, actors, job drivers and the HAProxy a Serve
+    actor runs are their descendants. Other Ray instances on the machine match neither. An address names this
+    instance only with a host of this machine: a node here that joined a remote head listening on the same
+    port number belongs to that other cluster. ``marks``: :func:`gcs_marks` of an earlier scan, for a scan
+    after the GCS itself has gone."""
+    table = _processes() if table is None else table
+    session, hosts = marks or gcs_marks(port, table)
     addresses = {h + f":{port}".encode() for h in hosts}
     roots = {pid for pid, (_, argv) in table.items()
              if f"--gcs_server_port={port}".encode() in argv
@@ -348,7 +358,8 @@ def stop_ray(port: int, grace_s: float = 10.0) -> int:
     names and so stops every Ray of this user on the machine, other instances are left alone. The
     ``ray_current_cluster`` file that named this instance is removed, as ``ray stop`` does, so that a later
     ``ray.init()`` starts a fresh instance instead of dialling a dead one."""
-    pids, session = ray_instance_pids(port)
+    marks = gcs_marks(port)  # kept: the rescans below may run after the GCS, which the marks come from, is gone
+    pids, session = ray_instance_pids(port, marks=marks)
     stopped: set[int] = set()
     # a raylet that forks a worker while it is being stopped leaves a process the first scan did not see:
     # scan again until nothing of this instance is left (bounded: a daemon that respawns forever is not ours)
@@ -366,7 +377,7 @@ def stop_ray(port: int, grace_s: float = 10.0) -> int:
                 time.sleep(0.2)
         stopped |= pids
         time.sleep(0.2)
-        pids = ray_instance_pids(port)[0] - stopped
+        pids = ray_instance_pids(port, marks=marks)[0] - stopped
     if session is not None:
         address_file = Path(session).parent / "ray_current_cluster"
         try:

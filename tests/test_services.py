@@ -142,7 +142,8 @@ def test_stop_ray_stops_its_instance_only(tmp_path):
 def test_ray_instance_pids_takes_local_addresses_and_descendants_only():
     """By the process table alone: the GCS on the port, a raylet naming its session, an orphaned worker
     naming the GCS at this machine's address (its raylet died while forking it) and that worker's child are
-    the instance; a node here that joined a remote head with the same port number is not, nor its child."""
+    the instance; a node here that joined a remote head with the same port number is not, nor its child; and
+    so they stay once the GCS has gone, by the marks of the scan before."""
     from hitmodels.services import ray_instance_pids
 
     session = b"/tmp/ray/session_1"
@@ -158,6 +159,13 @@ def test_ray_instance_pids_takes_local_addresses_and_descendants_only():
     }
     assert ray_instance_pids(6390, table) == ({10, 11, 12, 13}, session.decode())
     assert ray_instance_pids(6391, table) == (set(), None)
+    # a rescan after the GCS died: the first scan's marks still find the raylet and the worker
+    from hitmodels.services import gcs_marks
+
+    marks = gcs_marks(6390, table)
+    del table[10]
+    assert ray_instance_pids(6390, table)[0] == set()
+    assert ray_instance_pids(6390, table, marks=marks)[0] == {11, 12, 13}
 
 
 def test_the_head_advertises_its_lan_address_only_when_told(monkeypatch, tmp_path):
