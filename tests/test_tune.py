@@ -182,14 +182,20 @@ def test_a_tuning_job_with_its_table_and_storage_on_s3_resumes_from_there(table_
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="tune-bucket", Prefix="ray_results/")["Contents"]]
     print(f"tuned {len(results)} trials into S3: {len(keys)} objects; registered version {reg.version}")
     assert len(results) == 2 and "ray_results/on-s3/hitmusic_tune.json" in keys
-    assert [k for k in keys if k.startswith("ray_results/on-s3/") and not k.endswith("hitmusic_tune.json")]
+    # Tune's own state is in the bucket (what Tuner.restore reads), not just a directory marker
+    assert "ray_results/on-s3/tuner.pkl" in keys
+    assert [k for k in keys if k.startswith("ray_results/on-s3/experiment_state-") and k.endswith(".json")]
     assert any(k.startswith("ray_results/retrain-") for k in keys)  # Ray Train's checkpoint went there too
     state = json.loads(s3.get_object(Bucket="tune-bucket", Key="ray_results/on-s3/hitmusic_tune.json")["Body"].read())
     assert state["registered"]["version"] == reg.version
     c = mlflow.MlflowClient(mlflow_uri)
     count = len(c.search_model_versions(f"name='{MODEL}'"))
+    experiment = c.get_experiment_by_name(f"{MODEL}-tune").experiment_id
+    runs = len(c.search_runs([experiment], max_results=1000))
     state.pop("registered")  # as if the job had stopped between registering and recording it
     s3.put_object(Bucket="tune-bucket", Key="ray_results/on-s3/hitmusic_tune.json", Body=json.dumps(state).encode())
     results, again = tune.run(table, **kwargs)
     assert again.version == reg.version and len(results) == 2
     assert len(c.search_model_versions(f"name='{MODEL}'")) == count
+    # restored from the bucket, not started afresh: no trial ran again
+    assert len(c.search_runs([experiment], max_results=1000)) == runs
