@@ -64,7 +64,6 @@ async def timed_open_loop(url: str, body: bytes | None, rate: float, seconds: fl
 
     async def one(due: float):
         nonlocal waiting
-        waiting += 1
         client = await idle.get()
         waiting -= 1
         try:
@@ -85,6 +84,7 @@ async def timed_open_loop(url: str, body: bytes | None, rate: float, seconds: fl
             if waiting >= max_in_flight:
                 records.append((due, 0.0, CLIENT_BACKLOG))
                 continue
+            waiting += 1  # here, not in the task: after a stall many are due before any task has run
             tasks.append(asyncio.create_task(one(due)))
         await asyncio.gather(*tasks)
     finally:
