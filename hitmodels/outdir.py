@@ -31,10 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -176,6 +174,9 @@ def read_parts(fs: pafs.FileSystem, files: list[str], columns: list[str] | None 
     """``columns`` (default all) of the parts ``files`` as one frame, over the union of their schemas: parts
     written before a column existed (``row_key``, ``attempt``) read it as null rather than hide it from the
     others. A part from before row keys gets its ``track_id`` as key (a track's first row's key)."""
+    import pandas as pd  # here, not at the top: a worker that only writes parts imports neither
+    import pyarrow.dataset as pads
+
     if not files:
         return pd.DataFrame(columns=columns or [ROW_KEY, ATTEMPT])
     schemas = []
@@ -198,6 +199,8 @@ def read_parts(fs: pafs.FileSystem, files: list[str], columns: list[str] | None 
 
 
 def _attempts(df: pd.DataFrame) -> pd.Series:
+    import pandas as pd
+
     return pd.to_numeric(df[ATTEMPT], errors="coerce").fillna(1).astype(int) if ATTEMPT in df \
         else pd.Series(1, index=df.index)
 
@@ -267,6 +270,8 @@ def not_written(todo: pd.DataFrame, state: Resume, after: Resume) -> pd.DataFram
 def stale_rows(fs: pafs.FileSystem, files: list[str]) -> pa.Array:
     """``"<part path>\x1f<row key>"`` of every row that a later attempt of its key (in another part: a run
     writes a key once) supersedes, for :func:`drop_stale`; empty when no row was ever retried."""
+    import pandas as pd
+
     frames = []
     for f in files:
         df = read_parts(fs, [f], ["track_id", ROW_KEY, ATTEMPT])

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .config import CLASS_NAMES, CLASS_THRESHOLDS, FeatureConfig
+from .kernels import Program, RowKernel, answer, class_probabilities, interval, popularity_class, scale_rows
+# (class_probabilities and popularity_class live in .kernels, shared with the batch path; imported from here too)
 
 # Arithmetic at scoring time (RowModel.predict_array); each family says which it supports.
 PRECISIONS = ("fp32", "bf16")
@@ -53,12 +55,7 @@ class Preprocessor:
     def transform_array(self, X: np.ndarray) -> np.ndarray:
         """The same for a ``(n_rows, n_columns)`` array already in the training column order (NaN or
         infinity imputed); float32 throughout, since a catalogue of millions of rows is scored this way."""
-        med, lo, scale = self._arrays()
-        X = np.asarray(X, dtype=np.float32)
-        bad = ~np.isfinite(X)
-        if bad.any():
-            X = np.where(bad, med, X)
-        return (X - lo) * scale
+        return scale_rows(X, *self._arrays())
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if getattr(self, "_cache", None) is None:
@@ -75,30 +72,9 @@ class Preprocessor:
         return cls(**json.loads(text))
 
 
-def popularity_class(popularity: np.ndarray, thresholds: tuple[float, float] = CLASS_THRESHOLDS) -> np.ndarray:
-    """Class names for popularity 0-100: below ``thresholds[0]`` low, below ``thresholds[1]`` medium, else high."""
-    return np.asarray(CLASS_NAMES, dtype=object)[np.digitize(popularity, thresholds)]
-
-
 def class_labels(popularity: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
     """Class indices 0/1/2 (low/medium/high) of popularity values."""
     return np.digitize(np.asarray(popularity, float), thresholds)
-
-
-def class_probabilities(raw: np.ndarray, classes: list[int]) -> np.ndarray:
-    """``(n, 3)`` low/medium/high probabilities from a classifier's raw scores over the ``classes`` it saw
-    (indices into low/medium/high): ``(n, 1)`` is the log-odds of the second of two classes (a binary
-    model), ``(n, K)`` the logits of K; classes it never saw get probability 0."""
-    raw = np.asarray(raw, np.float64)
-    if raw.shape[1] == 1:
-        p1 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
-        present = np.stack([1.0 - p1, p1], axis=1)
-    else:
-        e = np.exp(raw - raw.max(axis=1, keepdims=True))
-        present = e / e.sum(axis=1, keepdims=True)
-    proba = np.zeros((len(raw), len(CLASS_NAMES)))
-    proba[:, classes] = present
-    return proba
 
 
 def check_classes(classes: list[int], n_outputs: int) -> None:
@@ -146,8 +122,7 @@ class SplitConformal:
 
     def interval(self, popularity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds, clipped to the 0-100 range popularity lives in."""
-        p = np.asarray(popularity, float)
-        return np.clip(p - self.halfwidth, 0.0, 100.0), np.clip(p + self.halfwidth, 0.0, 100.0)
+        return interval(popularity, self.halfwidth)
 
 
 class RowModel(mlflow.pyfunc.PythonModel):
@@ -229,19 +204,24 @@ class RowModel(mlflow.pyfunc.PythonModel):
     def answer(self, pop: np.ndarray, proba: np.ndarray | None) -> dict[str, np.ndarray]:
         """The output columns from popularity 0-100 ``(n,)`` float64 (clipped in place) and the class
         probabilities ``(n, 3)`` (``None`` without a class head)."""
-        # a linear or tree model can leave the range popularity lives in; a sigmoid output never does
-        np.clip(pop, 0.0, 100.0, out=pop)
-        out = {"popularity": pop}
-        if self.conformal is not None:
-            out["popularity_lower"], out["popularity_upper"] = SplitConformal(**self.conformal).interval(pop)
-        # two answers that can differ: the class head's most probable class, and the class that the predicted
-        # popularity falls in; both are given, named apart, so that no answer contradicts itself
-        of_popularity = popularity_class(pop, tuple(self.thresholds))
-        out["class"] = np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(1)] if proba is not None else of_popularity
-        out["popularity_class"] = of_popularity
-        if proba is not None:
-            out.update({f"p_{name}": proba[:, i] for i, name in enumerate(CLASS_NAMES)})
-        return out
+        return answer(pop, proba, self.thresholds, self.conformal["halfwidth"] if self.conformal else None)
+
+    def score_program(self) -> Program | None:
+        """The family's :meth:`scores` as a :class:`hitmodels.kernels.Program` (fp32), or None where the family
+        has none (the batch job then scores with the model itself)."""
+        return None
+
+    def kernel(self) -> RowKernel | None:
+        """This model as arrays with a NumPy forward pass (:class:`hitmodels.kernels.RowKernel`), which a
+        batch job's workers score with without importing torch or mlflow; None where the family exports no
+        :meth:`score_program`."""
+        program = self.score_program()
+        if program is None:
+            return None
+        medians, lo, scale = self.pre._arrays()
+        return RowKernel(list(self.columns), medians, lo, scale, program, tuple(self.thresholds),
+                         self.conformal["halfwidth"] if self.conformal else None, list(self.outputs),
+                         family=self.family)
 
     def calibrate(self, rows: pd.DataFrame, coverage: float) -> None:
         """Fit the split conformal interval on ``rows`` (rows the model was not fitted on)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,9 @@ from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
 from hitmodels.services import init_ray
 from hitmodels.data import ROW_KEY, row_keys
 from hitmodels.storage import filesystem, s3_read
+
+from pipelines.score_rows import (ScoredBy, feature_matrix, predict_rows, read_row_group,  # noqa: F401
+                                  row_group_batches, score_pieces, score_table)
 
 BASE_COLUMNS = [("track_id", pa.string()), (ROW_KEY, pa.string()), ("popularity", pa.float64()),
                 ("class", pa.string())]
@@ -95,98 +99,6 @@ def extract_features(batch: pd.DataFrame, cfg: FeatureConfig, policy: InputPolic
     return pd.concat([keep, feats], axis=1)
 
 
-def feature_matrix(batch: pa.Table, columns: list[str]) -> tuple[np.ndarray, list[str | None]]:
-    """``(n_rows, n_columns)`` float32 of ``columns`` straight from Arrow (no DataFrame of hundreds of
-    columns), and per row the first value that is not a number (``None`` for a clean row). Nulls become NaN,
-    which the model imputes; text columns (a CSV with a stray word) are parsed and only the offending rows fail.
-    """
-    n = batch.num_rows
-    # column-major, so that each column is one contiguous copy; the model reads it in row chunks
-    X = np.empty((len(columns), n), dtype=np.float32).T
-    errors: list[str | None] = [None] * n
-    for j, c in enumerate(columns):
-        col = batch.column(c)
-        t = col.type
-        if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_null(t) \
-                or pa.types.is_decimal(t):
-            X[:, j] = (col if pa.types.is_floating(t) else col.cast(pa.float64())).to_numpy(zero_copy_only=False)
-            continue
-        raw = col.to_pandas()
-        num = pd.to_numeric(raw, errors="coerce")
-        for i in np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy()):
-            if errors[i] is None and str(raw.iloc[i]).strip():
-                errors[i] = f"value: {c} is not a number: {str(raw.iloc[i])[:80]!r}"
-        X[:, j] = num.to_numpy(dtype=np.float64, na_value=np.nan)
-    return X, errors
-
-
-def predict_rows(predict, X: np.ndarray) -> tuple[dict[str, np.ndarray] | None, list[str | None]]:
-    """``predict(X) -> {output: array}`` over all rows; if it raises, row by row so that one bad row costs
-    only itself. Returns the outputs (rows that failed hold placeholders) and per-row errors."""
-    try:
-        return predict(X), [None] * len(X)
-    except Exception:
-        outs, errors = [], []
-        for i in range(len(X)):
-            try:
-                outs.append(predict(X[i:i + 1]))
-                errors.append(None)
-            except Exception as exc:
-                outs.append(None)
-                errors.append(f"model: {type(exc).__name__}: {exc}"[:500])
-        template = next((o for o in outs if o is not None), None)
-        if template is None:
-            return None, errors
-        blank = {k: np.zeros(1, dtype=v.dtype) for k, v in template.items()}
-        return {k: np.concatenate([(o or blank)[k] for o in outs]) for k in template}, errors
-
-
-def score_table(predict, columns: list[str], ref: ModelRef, batch: pa.Table, schema: pa.Schema,
-                inputs: tuple[np.ndarray, list[str | None]] | None = None) -> pa.Table:
-    """Score one Arrow batch into ``schema``; a row carrying an extraction error, a non-numeric value or a
-    value the model rejects keeps its place with null scores and the reason in ``error``. ``inputs``: the
-    model's inputs and per-row errors when the caller built them (log-mel models), instead of
-    :func:`feature_matrix` of ``columns``."""
-    n = batch.num_rows
-    errors = np.full(n, None, dtype=object)
-    if "error" in batch.column_names:
-        for i, e in enumerate(batch.column("error").to_pylist()):
-            if e:
-                errors[i] = f"features: {e}"
-    X, value_errors = inputs if inputs is not None else feature_matrix(batch, columns)
-    for i, e in enumerate(value_errors):
-        if e is not None and errors[i] is None:
-            errors[i] = e
-    good = np.flatnonzero(np.equal(errors, None))
-    ok = np.zeros(n, dtype=bool)
-    out: dict[str, np.ndarray] = {}
-    if len(good):
-        out, row_errors = predict_rows(predict, X[good] if len(good) < n else X)
-        failed = np.array([e is not None for e in row_errors], dtype=bool)
-        errors[good[failed]] = np.array(row_errors, dtype=object)[failed]
-        ok[good[~failed]] = True
-        out = out or {}
-    arrays = []
-    for f in schema:
-        if f.name == "track_id":
-            arrays.append(batch.column("track_id").cast(pa.string()))
-        elif f.name == ROW_KEY:  # the input row's key, which a resume looks for
-            arrays.append(batch.column(ROW_KEY).cast(pa.string()) if ROW_KEY in batch.column_names
-                          else pa.nulls(n, pa.string()))
-        elif f.name == "model_name" or f.name == "model_version":
-            arrays.append(pa.array(np.full(n, ref.name if f.name == "model_name" else ref.version, dtype=object),
-                                   type=f.type))
-        elif f.name == "error":
-            arrays.append(pa.array(errors, type=f.type))
-        elif f.name in out:
-            values = np.empty(n, dtype=out[f.name].dtype)
-            values[good] = out[f.name]
-            arrays.append(pa.array(values, type=f.type, mask=~ok))
-        else:
-            arrays.append(pa.nulls(n, type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
 def array_predictor(model, columns: list[str], precision: str = "fp32"):
     """``X -> {output: array}`` for a loaded model: the project's models answer on arrays directly (no
     per-call schema enforcement over every column; :func:`feature_matrix` already checked the values), in
@@ -202,6 +114,19 @@ def array_predictor(model, columns: list[str], precision: str = "fp32"):
 
 
 _MODELS: dict[tuple[str, str | None], object] = {}
+
+
+@dataclass(frozen=True)
+class FromRegistry:
+    """A task's scorer that loads the model in the worker (:func:`cached_model`): for a family without a
+    NumPy kernel, and for ``--precision bf16`` (torch's arithmetic)."""
+
+    ref: ModelRef
+    tracking_uri: str | None
+
+    def predictor(self, precision: str):
+        model = cached_model(self.ref, self.tracking_uri)
+        return model.columns, array_predictor(model, model.columns, precision)
 
 
 def cached_model(ref: ModelRef, tracking_uri: str | None):
@@ -296,61 +221,16 @@ def piece_keys(fs: pafs.FileSystem, pieces: list[dict]) -> list[str]:
     the track_id column alone, in the pieces' order, since a duplicate's key depends on the rows before it."""
     import json
 
-    ids = [s3_read(fs, read_row_group, fs, piece["path"], piece["row_group"], ["track_id"])
-           .column("track_id").cast(pa.string()).to_pylist() for piece in pieces]
+    columns = [s3_read(fs, read_row_group, fs, piece["path"], piece["row_group"], ["track_id"])
+               .column("track_id").cast(pa.string()) for piece in pieces]
+    every = pa.chunked_array([c for col in columns for c in col.chunks], pa.string())
+    if not len(every) or (every.null_count == 0 and pc.count_distinct(every).as_py() == len(every)
+                          and not pc.any(pc.match_substring(every, "#")).as_py()
+                          and pc.min(pc.utf8_length(pc.utf8_trim_whitespace(every))).as_py() > 0):
+        return ["{}"] * len(pieces)  # unique, present ids without a '#': every key is its id (the usual table)
+    ids = [col.to_pylist() for col in columns]
     keys = iter(row_keys([t for group in ids for t in group])[0])
     return [json.dumps({i: k for i, (t, k) in enumerate(zip(group, keys)) if k != t}) for group in ids]
-
-
-def read_row_group(fs: pafs.FileSystem, path: str, row_group: int, columns: list[str] | None) -> pa.Table:
-    """One row group's ``columns``. On S3 its column chunks are fetched in a few coalesced range GETs
-    (``pre_buffer``) instead of one GET per column: hundreds fewer requests, each of which could fail."""
-    with fs.open_input_file(path) as f:
-        return pq.ParquetFile(f, pre_buffer=not isinstance(fs, pafs.LocalFileSystem)).read_row_group(
-            row_group, columns=columns)
-
-
-def row_group_batches(fs: pafs.FileSystem, path: str, row_group: int, columns: list[str] | None,
-                      batch_size: int, other_keys: dict[int, str] | None = None):
-    """Slices of at most ``batch_size`` rows of one row group; with ``other_keys`` (None: the table has its
-    own :data:`ROW_KEY` column), each with a :data:`ROW_KEY` column: the row's track_id, or
-    ``other_keys[row in the group]`` where the row's key is not its id (:func:`piece_keys`). The row group is read whole: pyarrow's ``iter_batches`` decodes ahead
-    and peaked at 3.6x the memory of one row group here."""
-    table = s3_read(fs, read_row_group, fs, path, row_group, columns)
-    for start in range(0, table.num_rows, batch_size):
-        part = table.slice(start, batch_size)
-        if other_keys is not None:
-            keys = part.column("track_id").cast(pa.string())
-            if other_keys:
-                keys = pa.array([other_keys.get(start + i, k) for i, k in enumerate(keys.to_pylist())],
-                                pa.string())
-            part = part.append_column(ROW_KEY, keys)
-        yield part
-
-
-def score_pieces(pieces: pa.Table, ref: ModelRef, tracking_uri: str | None, schema: pa.Schema,
-                 fs: pafs.FileSystem, read_columns: list[str], batch_size: int, done: pa.Array | None,
-                 precision: str = "fp32") -> pa.Table:
-    """Ray Data task over Parquet row groups: read only the columns the model needs, skip rows already
-    scored (by row key) and rows a later attempt superseded (a piece's ``stale`` keys), score, and hand back the scores alone. Reading inside the task keeps the hundreds of feature
-    columns out of the object store (3x the plain loop's time when Ray Data read them and passed them on)."""
-    model = cached_model(ref, tracking_uri)
-    features = model.columns
-    predict = array_predictor(model, features, precision)
-    outs = []
-    import json
-
-    for path, row_group, other, stale in zip(*(pieces.column(c).to_pylist()
-                                               for c in ("path", "row_group", "other_keys", "stale"))):
-        other_keys = None if other is None else {int(i): k for i, k in json.loads(other).items()}
-        for batch in row_group_batches(fs, path, row_group, read_columns, batch_size, other_keys):
-            if stale:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column(ROW_KEY), value_set=pa.array(stale, pa.string()))))
-            if done is not None:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column(ROW_KEY), value_set=done)))
-            if batch.num_rows:
-                outs.append(score_table(predict, features, ref, batch, schema))
-    return pa.concat_tables(outs) if outs else schema.empty_table()
 
 
 def keyed_rows(fs: pafs.FileSystem, path: str, done: set[str], block_rows: int = 4096) -> tuple[object, pa.Table]:
@@ -486,6 +366,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
     ref = resolve(model_name, version, tracking_uri)  # before Ray starts: a registry outage fails fast
     model = load_model(ref, tracking_uri)
     init_ray()
+    warm_workers()
     if precision not in model.precisions:
         raise ValueError(f"{ref.uri} is a {model.family} model, which scores in {', '.join(model.precisions)} "
                          f"only, not {precision}")
@@ -528,12 +409,13 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
             for piece, other in zip(pieces, piece_keys(fs, pieces)):
                 piece["other_keys"], piece["stale"] = other, []
         wanted = ["track_id", *([ROW_KEY] if own else []), *columns, *(["error"] if "error" in have else [])]
-        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-            score_pieces, batch_size=None, batch_format="pyarrow", num_cpus=1, max_retries=isolate.TASK_RETRIES,
-            fn_kwargs={"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "fs": fs, "read_columns": wanted,
-                       "batch_size": batch_size, "done": pa.array(sorted(done), pa.string()) if done else None,
-                       "precision": precision})
-        outdir.write_dataset(ds, out_dir, attempts=state.retry)  # feature rows: no decoder to crash a worker
+        # the model as arrays where its family exports them: a fresh worker then imports neither torch nor
+        # mlflow and downloads nothing (pipelines/score_rows.py)
+        kernel = model.kernel() if precision == "fp32" and hasattr(model, "kernel") else None
+        score_row_groups(pieces, out_dir, state.retry, batch_size, scorer=kernel or FromRegistry(ref, tracking_uri),
+                         by=ScoredBy(ref.name, ref.version), schema=schema, fs=fs, read_columns=wanted,
+                         batch_size=batch_size, done=pa.array(sorted(done), pa.string()) if done else None,
+                         precision=precision)
     else:
         task = batch_task or score_batch
         kwargs = {"ref": ref, "tracking_uri": tracking_uri, "schema": schema, "extract": extract,
@@ -545,6 +427,60 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         write_isolated(ds, out_dir, state, rows, task, kwargs, ref, schema, max_attempts)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
+
+
+def warm_workers() -> None:
+    """Start the job's worker processes now, while the driver reads the output's progress and the table's
+    row groups: a fresh worker takes seconds to start, and a catalogue's job gets fresh ones. One task that
+    does nothing per CPU of the cluster (at most 64), not waited for."""
+    import ray
+
+    from pipelines.score_rows import ready
+
+    fn = ray.remote(num_cpus=1, max_retries=0)(ready)
+    for _ in range(min(64, int(ray.available_resources().get("CPU", 1)))):
+        fn.remote()
+
+
+def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int], rows_per_task: int,
+                     **kwargs) -> int:
+    """The feature-table job: Ray tasks of :func:`pipelines.score_rows.score_into` over consecutive row groups
+    of at least ``rows_per_task`` rows each (``kwargs`` are :func:`~pipelines.score_rows.score_pieces`'s),
+    each writing its part; a progress line with rate and ETA; returns the rows written. Plain tasks rather
+    than Ray Data: its worker imports and per-task scheduling cost a feature-row job a third of its time here
+    (benchmarks/README.md), and these tasks need neither its streaming nor its operators. A task whose
+    worker died is retried (:data:`hitmodels.isolate.TASK_RETRIES`); one that raises fails the job, and the
+    others are cancelled (their parts, written whole or not at all, are picked up by a resume)."""
+    import ray
+    from tqdm import tqdm
+
+    from pipelines.score_rows import score_into
+
+    out_fs, out_path = filesystem(out_dir)
+    out_fs.create_dir(out_path, recursive=True)
+    groups, size = [[]], 0
+    for piece in pieces:
+        if size >= rows_per_task:
+            groups.append([])
+            size = 0
+        groups[-1].append(piece)
+        size += piece["rows"]
+    shared = {k: ray.put(v) if k in ("scorer", "done") else v for k, v in kwargs.items()}
+    fn = ray.remote(num_cpus=1, max_retries=isolate.TASK_RETRIES)(score_into)
+    pending = {fn.remote(group, out_fs, out_path, attempts, **shared): sum(p["rows"] for p in group)
+               for group in groups if group}
+    written = 0
+    with tqdm(total=sum(pending.values()), unit=" rows", unit_scale=True, desc="score", file=sys.stderr,
+              mininterval=5.0, smoothing=0.1) as progress:
+        try:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                progress.update(pending.pop(ref))
+                written += ray.get(ref)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+    return written
 
 
 def _done_and_same_version(out_dir: str, ref: ModelRef, max_attempts: int) -> outdir.Resume:
@@ -642,7 +578,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=int, default=16384,
                    help="rows read and scored at a time per worker (default 16384; at most 64 for audio manifests; "
-                        "a model on log-mel segments: 16 for audio manifests, 256 for a mel store)")
+                        "a model on log-mel segments: 16 for audio manifests, 256 for a mel store); a Parquet "
+                        "feature table's row groups are also grouped into tasks of at least this many rows")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the model's arithmetic: fp32 (default, as trained and as Serve answers) or, for "
                         "HitMusicNet versions, bf16 (~3x faster network on CPUs with AVX512-BF16/AMX; scores move "

@@ -289,7 +289,8 @@ address, submission = sys.argv[1:3]
 info = JobSubmissionClient(address).get_job_info(submission)
 tasks = list_tasks(address=address, filters=[("job_id", "=", info.job_id)], limit=10000, detail=True,
                    raise_on_missing_output=False)
-print(json.dumps({"status": str(info.status), "nodes": sorted({t.node_id for t in tasks if "MapBatches" in t.name})}))
+work = {t.node_id for t in tasks if "MapBatches" in t.name or "score_into" in t.name}  # Ray Data's, scoring's
+print(json.dumps({"status": str(info.status), "nodes": sorted(work)}))
 """
 
 

@@ -95,12 +95,12 @@ def test_score_resume_quarantines_a_part_cut_short(model, tmp_path, capsys):
     path = tmp_path / "table.parquet"
     table.to_parquet(path, row_group_size=40)  # three row groups: three tasks, three part files
     out = tmp_path / "scores"
-    score.run(path, out, MODEL)
+    score.run(path, out, MODEL, batch_size=40)  # a task per row group
     parts = sorted(out.glob("*.parquet"))
     assert len(parts) >= 2
     lost = set(pd.read_parquet(parts[0])["track_id"])
     parts[0].write_bytes(parts[0].read_bytes()[:100])  # as a crash mid-write would leave it
-    score.run(path, out, MODEL)
+    score.run(path, out, MODEL, batch_size=40)
     assert "moved to" in capsys.readouterr().err
     assert (out / "_quarantine" / parts[0].name).exists()
     again = score.read_scores(out)

@@ -141,7 +141,7 @@ def test_scoring_from_and_into_a_bucket_survives_throttling_and_5xx(
     with FaultyProxy(s3_endpoint, every=10, put_burst=4, kinds=("503", "500", "drop")) as proxy:
         # the job's filesystem is made on the driver and handed to its tasks: all S3 traffic goes through
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-        score.run("s3://flaky/in/t.parquet", "s3://flaky/scores", MODEL)
+        score.run("s3://flaky/in/t.parquet", "s3://flaky/scores", MODEL, batch_size=100)  # a task per row group
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     out = score.read_scores("s3://flaky/scores")
     print(f"S3 requests forwarded {proxy.forwarded}, faults injected {proxy.injected} ({proxy.methods}); rows in {len(table)}, "

@@ -22,11 +22,12 @@ MODEL = "worker-kill-test"
 
 
 class Killer:
-    """SIGKILLs the first Ray worker seen running a Ray Data task (its process title ``ray::MapBatches...``)
-    once the job has run ``after_s``; records what it killed."""
+    """SIGKILLs the first Ray worker seen running a task of the job (its process title: ``ray::MapBatches...``
+    for a Ray Data task, ``ray::score_into`` for the feature-table scoring job's) once the job has run
+    ``after_s``; records what it killed."""
 
-    def __init__(self, after_s: float = 0.5):
-        self.after_s, self.killed, self.stop = after_s, [], threading.Event()
+    def __init__(self, after_s: float = 0.5, title: str = "ray::MapBatches"):
+        self.after_s, self.title, self.killed, self.stop = after_s, title, [], threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
@@ -35,7 +36,7 @@ class Killer:
             if time.monotonic() - t0 >= self.after_s:
                 for p in psutil.process_iter(["pid", "cmdline"]):
                     title = " ".join(p.info["cmdline"] or [])
-                    if title.startswith("ray::MapBatches") and p.info["pid"] != os.getpid():
+                    if title.startswith(self.title) and p.info["pid"] != os.getpid():
                         os.kill(p.info["pid"], signal.SIGKILL)
                         self.killed.append((round(time.monotonic() - t0, 2), title[:80]))
                         return
@@ -94,6 +95,21 @@ def test_score_survives_a_killed_worker(scoring_model, tiny_catalogue, tmp_path)
     assert killer.killed, "no running scoring task was found to kill"
     assert len(raw) == 12 and sorted(raw["row_key"]) == sorted(manifest["track_id"])
     assert raw["error"].isna().all() and raw["popularity"].between(0, 100).all()
+
+
+def test_scoring_a_feature_table_survives_a_killed_worker(scoring_model, tmp_path):
+    """The feature-table job's own tasks (one per row group, each writing its part): a killed one is retried,
+    and every row is written once."""
+    from pipelines import score
+
+    table = random_table(7, n=20_000)
+    table.to_parquet(tmp_path / "t.parquet", row_group_size=500)  # 40 tasks
+    with Killer(after_s=0.2, title="ray::score_into") as killer:
+        score.run(tmp_path / "t.parquet", tmp_path / "scores", MODEL, batch_size=500)
+    raw = _raw(tmp_path / "scores")
+    print(f"score (feature table): killed {killer.killed}; rows in {len(table)}, rows out {len(raw)}")
+    assert killer.killed, "no running scoring task was found to kill"
+    assert len(raw) == len(table) and raw["row_key"].is_unique and raw["error"].isna().all()
 
 
 def test_a_row_that_kills_its_scoring_worker_costs_that_row_only(scoring_model, tiny_catalogue, tmp_path):

@@ -21,9 +21,10 @@ import numpy as np
 
 from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
-from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_probabilities, class_thresholds
+from hitmodels.kernels import Program, tree_arrays
+from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_thresholds
 
-from .trees import check_trees, export_trees, raw_predict, tree_depth
+from .trees import check_trees, export_trees
 
 DEFAULTS = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 31, "min_samples_leaf": 20,
             "l2_regularization": 0.0, "class_weight": "balanced"}
@@ -38,18 +39,25 @@ class HGBModel(RowModel):
         self.reg, self.cls, self.classes, self.params = reg, cls, list(classes), dict(params or {})
         if cls is not None:
             check_classes(self.classes, len(cls["baseline"]))
-        self._depth = {"reg": tree_depth(reg), "cls": tree_depth(cls) if cls is not None else 0}
 
     @property
     def has_classes(self) -> bool:
         return self.cls is not None
 
+    def score_program(self) -> Program:
+        """The regressor's trees (and the classifier's, their raw scores to probabilities); what
+        :meth:`scores` runs."""
+        arrays = tree_arrays("reg.", self.reg)
+        steps = [("trees", "pop", "x", "reg."), ("column", "popularity", "pop")]
+        if self.cls is not None:
+            arrays.update(tree_arrays("cls.", self.cls), classes=np.asarray(self.classes, np.int64))
+            steps += [("trees", "raw", "x", "cls."), ("classes", "proba", "raw", "classes")]
+        return Program(steps, arrays, "popularity", "proba" if self.cls is not None else None)
+
     def scores(self, x: np.ndarray, precision: str):
-        pop = raw_predict(self.reg, x, self._depth["reg"])[:, 0]
-        if self.cls is None:
-            return pop, None
-        raw = raw_predict(self.cls, x, self._depth["cls"])
-        return pop, class_probabilities(raw, self.classes)
+        if getattr(self, "_program", None) is None:
+            self._program = self.score_program()
+        return self._program.run(x)
 
 
 def _fit_reg_cls(X, pop, thresholds, cfg: TrainConfig):

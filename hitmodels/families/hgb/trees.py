@@ -5,7 +5,7 @@ of nodes (``TreePredictor.nodes``: value, feature, threshold, missing-go-left, c
 arrays, concatenated over all trees, plus the baseline prediction are the whole model for numerical features:
 saved with ``numpy.savez`` (``allow_pickle=False`` on load) they are data, unlike the estimator's pickle.
 
-:func:`raw_predict` walks every tree for every row at once, one depth level per step, with the estimator's
+:func:`hitmodels.kernels.raw_predict` walks every tree for every row at once, one depth level per step, with the estimator's
 own rule: NaN goes where ``missing_go_to_left`` says, otherwise ``x <= threshold`` goes left. Sums over trees
 are in float64 like scikit-learn's, in another order, so results agree to about 1e-12.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-FIELDS = ("value", "feature", "threshold", "left", "right", "leaf", "missing_left", "roots", "baseline")
+from hitmodels.kernels import TREE_FIELDS as FIELDS
+from hitmodels.kernels import raw_predict, tree_depth  # noqa: F401 (the walk is the kernels', shared with batch jobs)
 
 
 def export_trees(estimator) -> dict[str, np.ndarray]:
@@ -78,32 +79,3 @@ def check_trees(arrays: dict[str, np.ndarray], n_features: int) -> None:
     k = len(arrays["baseline"])
     if k < 1 or len(arrays["roots"]) % k:
         raise ValueError("tree count is not a multiple of the outputs")
-
-
-def tree_depth(arrays: dict[str, np.ndarray]) -> int:
-    """Steps from any root to its deepest leaf (an upper bound for the walk)."""
-    depth = np.zeros(len(arrays["value"]), dtype=np.int64)
-    # children always come after their parent in scikit-learn's node order
-    for i in range(len(depth)):
-        if not arrays["leaf"][i]:
-            depth[arrays["left"][i]] = depth[arrays["right"][i]] = depth[i] + 1
-    return int(depth.max())
-
-
-def raw_predict(arrays: dict[str, np.ndarray], X: np.ndarray, depth: int | None = None) -> np.ndarray:
-    """Raw scores ``(n_rows, K)``: the baseline plus the sum of every tree's leaf value for ``X``
-    ``(n_rows, n_features)`` (any float dtype, compared in float64 as scikit-learn does)."""
-    X = np.asarray(X, dtype=np.float64)
-    roots = arrays["roots"]
-    k = len(arrays["baseline"])
-    idx = np.broadcast_to(roots, (len(X), len(roots))).copy()
-    feature, threshold, left, right = arrays["feature"], arrays["threshold"], arrays["left"], arrays["right"]
-    leaf, missing_left = arrays["leaf"], arrays["missing_left"]
-    for _ in range(tree_depth(arrays) if depth is None else depth):
-        if leaf[idx].all():
-            break
-        x = np.take_along_axis(X, feature[idx], axis=1)
-        go_left = np.where(np.isnan(x), missing_left[idx], x <= threshold[idx])
-        idx = np.where(go_left, left[idx], right[idx])  # a leaf's children are itself
-    values = arrays["value"][idx]
-    return arrays["baseline"][None, :] + values.reshape(len(X), -1, k).sum(axis=1)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from hitmodels import torch_bundle
+from hitmodels.kernels import Program
 from hitmodels.predict import MetaRowModel, Preprocessor
 
 from .network import ARCH_VERSION, HitMusicNet
@@ -82,6 +83,36 @@ class HitMusicPyfunc(MetaRowModel):
         pop = self.net.head(code, x)[:, 0].float().numpy()
         proba = torch.softmax(self.net.cls(code).float(), 1).numpy() if self.net.cls is not None else None
         return pop, proba
+
+    def score_program(self) -> Program:
+        """The encoder (inputs standardised first in the small-table variant), the code's min-max scaling,
+        MusicPopNet with its sigmoid (or, in the variant, linear output plus the linear path from the inputs)
+        and the 3-class head's softmax: what :meth:`scores` computes, as NumPy steps in float32."""
+        net, arrays = self.net, {}
+        steps: list[tuple[str, ...]] = []
+        x = "x"
+        if net.standardised:
+            arrays.update({"in_mean": net.in_mean.numpy().copy(), "in_std": net.in_std.numpy().copy()})
+            steps.append(("standardise", "xi", "x", "in_mean", "in_std"))
+            x = "xi"
+        enc, encoded = torch_bundle.dense_steps(net.ae.encoder, x, "enc", arrays)
+        arrays.update({"code_lo": net.code_lo.numpy().copy(), "code_span": net.code_span.numpy().copy()})
+        steps += enc + [("standardise", "code", encoded, "code_lo", "code_span")]
+        pop, out = torch_bundle.dense_steps(net.pop.net, "code", "pop", arrays)
+        steps += pop
+        if net.pop.n_out == 1 and not net.pop.linear_out:
+            steps.append(("sigmoid", "popularity", out))
+            out = "popularity"
+        if net.skip is not None:
+            skip, skipped = torch_bundle.dense_steps(net.skip, x, "skip", arrays)
+            steps += skip + [("add", "popularity+skip", out, skipped)]
+            out = "popularity+skip"
+        proba = None
+        if net.cls is not None:
+            cls, logits = torch_bundle.dense_steps(net.cls.net, "code", "cls", arrays)
+            steps += cls + [("softmax", "proba", logits)]
+            proba = "proba"
+        return Program(steps, arrays, out, proba)
 
     def code(self, rows) -> np.ndarray:
         """The scaled autoencoder code ``(n_rows, c)`` MusicPopNet sees, of feature rows (a DataFrame)."""

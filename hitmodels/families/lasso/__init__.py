@@ -19,7 +19,8 @@ import numpy as np
 
 from hitmodels.config import TrainConfig
 from hitmodels.families.base import Family, Fitted
-from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_probabilities, class_thresholds
+from hitmodels.kernels import Program
+from hitmodels.predict import Preprocessor, RowModel, check_classes, class_labels, class_thresholds
 
 DEFAULTS = {"n_alphas": 20, "cv": 3, "C": 1.0}
 
@@ -45,13 +46,20 @@ class LassoModel(RowModel):
     def has_classes(self) -> bool:
         return self.cls is not None
 
+    def score_program(self) -> Program:
+        """Two affine maps in float64 (the classifier's logits to probabilities); what :meth:`scores` runs."""
+        arrays = {"coef": self.coef[:, None], "intercept": np.asarray([self.intercept])}
+        steps = [("affine", "pop", "x", "coef", "intercept")]
+        if self.cls is not None:
+            arrays.update(cls_coef=np.ascontiguousarray(self.cls["coef"].T), cls_intercept=self.cls["intercept"],
+                          classes=np.asarray(self.cls["classes"], np.int64))
+            steps += [("affine", "z", "x", "cls_coef", "cls_intercept"), ("classes", "proba", "z", "classes")]
+        return Program(steps, arrays, "pop", "proba" if self.cls is not None else None)
+
     def scores(self, x: np.ndarray, precision: str):
-        x = np.asarray(x, np.float64)
-        pop = x @ self.coef + self.intercept
-        if self.cls is None:
-            return pop, None
-        z = x @ self.cls["coef"].T + self.cls["intercept"]
-        return pop, class_probabilities(z, self.cls["classes"])
+        if getattr(self, "_program", None) is None:
+            self._program = self.score_program()
+        return self._program.run(np.asarray(x, np.float64))
 
 
 class LassoFamily(Family):

@@ -110,6 +110,26 @@ class SiameseRowModel(MetaRowModel):
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         return sum(w * net.eval()(t).double().numpy() for w, net in zip(self.meta.fusion, self.nets)), None
 
+    def score_program(self):
+        """Each fused network's steps (standardise, two ReLU layers, sigmoid) and their weighted sum."""
+        from hitmodels import torch_bundle
+        from hitmodels.kernels import Program
+
+        steps, arrays, total = [], {}, None
+        for i, (w, net) in enumerate(zip(self.meta.fusion, self.nets)):
+            part, out = torch_bundle.dense_steps(net, "x", f"net{i}", arrays)
+            arrays[f"w{i}"] = np.asarray(w, np.float64)  # summed in float64, as scores() sums them
+            steps += part + [("scale", f"weighted{i}", out, f"w{i}")]
+            if total is not None:
+                steps.append(("add", f"sum{i}", total, f"weighted{i}"))
+            total = f"sum{i}" if total is not None else f"weighted{i}"
+        return Program(steps, arrays, total)
+
+    def kernel(self):
+        kernel = super().kernel()
+        kernel.percentile_of = list(self.meta.train_scores)
+        return kernel
+
     def predict_array(self, X, scaled=False, chunk_rows=2048, precision="fp32"):
         out = super().predict_array(X, scaled, chunk_rows, precision)
         from hitmodels.ranking import percentile
