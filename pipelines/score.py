@@ -1,4 +1,4 @@
-"""Ray Data job: score a whole catalogue with a registered model into Parquet.
+"""Ray job: score a whole catalogue with a registered model into Parquet.
 
     python -m pipelines.score TABLE OUT_DIR [--model hitmusicnet] [--version champion]
     ray job submit -- python -m pipelines.score s3://bucket/catalogue.parquet s3://bucket/scores
