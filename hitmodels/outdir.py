@@ -150,13 +150,15 @@ def write_part(table: pa.Table, fs: pafs.FileSystem, path: str, attempts: dict[s
     return pa.table({"part": pa.array([name if table.num_rows else None], pa.string()), "rows": [table.num_rows]})
 
 
-def write_dataset(ds, out: str, set_aside_failed: bool = False, attempts: dict[str, int] | None = None) -> int:
+def write_dataset(ds, out: str, set_aside_failed: bool = False, attempts: dict[str, int] | None = None,
+                  total: int | None = None, desc: str = "rows") -> int:
     """Write a Ray Dataset of Arrow blocks into ``out`` (local or ``s3://``) with :func:`write_part`, one part
     per block; returns the rows written. The path and filesystem are resolved here, on the driver (a worker's
     working directory is not the user's); the lock is the caller's (:func:`exclusive`). ``set_aside_failed``:
     a block whose task failed after its retries is left out instead of failing the job
     (:func:`hitmodels.isolate.set_errored_blocks_aside`). ``attempts``: the attempt of each retried row
-    (:attr:`Resume.retry`)."""
+    (:attr:`Resume.retry`). ``total``: the rows expected, for a progress line on stderr (``desc``: its label)
+    with rows written, rate and ETA, updated as each part is written: jobs of 100,000 previews run for hours."""
     fs, path = filesystem(out)
     fs.create_dir(path, recursive=True)
     from .isolate import TASK_RETRIES, set_errored_blocks_aside
@@ -167,7 +169,15 @@ def write_dataset(ds, out: str, set_aside_failed: bool = False, attempts: dict[s
                              batch_format="pyarrow", zero_copy_batch=True, max_retries=TASK_RETRIES)
     if set_aside_failed:
         written = set_errored_blocks_aside(written)
-    return sum(int(r["rows"]) for r in written.take_all())
+    from tqdm import tqdm
+
+    rows = 0
+    with tqdm(total=total, unit=" rows", desc=desc, file=sys.stderr, mininterval=10.0, smoothing=0.1,
+              disable=total is None) as progress:
+        for part in written.iter_rows():
+            rows += int(part["rows"])
+            progress.update(int(part["rows"]))
+    return rows
 
 
 def read_parts(fs: pafs.FileSystem, files: list[str], columns: list[str] | None = None) -> pd.DataFrame:

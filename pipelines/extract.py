@@ -330,7 +330,8 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                                     compute=ray.data.ActorPoolStrategy(size=n_actors))
                 print(f"extract: audio features with torch, {n_actors} actor(s) on "
                       f"{f'{int(n_gpus)} GPU(s)' if on_gpu else 'the CPU'}", file=sys.stderr)
-            outdir.write_dataset(ds, str(out_dir), set_aside_failed=True, attempts=state.retry)
+            outdir.write_dataset(ds, str(out_dir), set_aside_failed=True, attempts=state.retry, total=len(todo),
+                                 desc="extract")
             # the rows of batches whose worker kept dying, each on its own (on the CPU path)
             lost = outdir.not_written(todo, state, resume_state(out_dir, max_attempts))
             for table in isolate.redo_one_by_one(

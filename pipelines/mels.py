@@ -72,7 +72,7 @@ def run(manifest: str | Path, store: str | Path, cfg: MelConfig = MelConfig(), b
             ds = ray.data.from_pandas(chunks).map_batches(
                 mel_batch, fn_kwargs=kwargs, batch_size=batch_size, batch_format="pandas", num_cpus=1,
                 max_retries=isolate.TASK_RETRIES, **_task_env(todo["audio_uri"]))
-            outdir.write_dataset(ds, store, set_aside_failed=True, attempts=state.retry)
+            outdir.write_dataset(ds, store, set_aside_failed=True, attempts=state.retry, total=len(todo), desc="mels")
             # the rows of batches whose worker kept dying, each on its own (hitmodels.isolate)
             lost = outdir.not_written(todo, state, outdir.resume_state(fs, melstore.readable_parts(fs, root),
                                                                        max_attempts))

@@ -271,7 +271,8 @@ def write_isolated(ds, out_dir: str, state: outdir.Resume, rows: pa.Table, task,
     every time (a poison row: out of memory, a native crash in a decoder) set aside, then scored one per
     task (:mod:`hitmodels.isolate`): the healthy rows of that batch get their scores, the poison row its
     ``worker_died`` error, and rows in = rows out."""
-    if outdir.write_dataset(ds, out_dir, set_aside_failed=True, attempts=state.retry) >= rows.num_rows:
+    if outdir.write_dataset(ds, out_dir, set_aside_failed=True, attempts=state.retry, total=rows.num_rows,
+                            desc="score") >= rows.num_rows:
         return  # one row out per row in: no block was set aside
     todo = rows.select(["track_id", ROW_KEY]).to_pandas()
     lost_keys = set(outdir.not_written(todo, state, scored(out_dir, max_attempts)[0])[ROW_KEY])
