@@ -36,7 +36,9 @@ def s3_read(fs: pafs.FileSystem, read, *args, **kwargs):
         return read(*args, **kwargs)
     import tenacity
 
-    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(s3_max_attempts()), reraise=True,
+    # the bound the job started with, which the filesystem carries to the task this may run in
+    attempts = getattr(fs, "max_attempts", None) or s3_max_attempts()
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(attempts), reraise=True,
                                  retry=tenacity.retry_if_exception(_transient),
                                  wait=tenacity.wait_exponential_jitter(initial=0.2, max=5.0))
     return retrying(read, *args, **kwargs)

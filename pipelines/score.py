@@ -15,7 +15,7 @@ version even if the alias moves meanwhile. Output per row: ``track_id, row_key, 
 interval and class probabilities when the model gives them, ``model_name, model_version, error``. A row that cannot be
 scored (failed extraction, a value the model rejects) keeps its place with null scores and the reason in
 ``error``: rows in = rows out. Re-running into the same OUT_DIR skips the rows already scored there, found by
-their ``row_key`` (as ``hitmusic extract`` keys its rows: a track's first row by its id, a later row with
+their ``row_key`` (as ``hitmusic extract`` keys its rows: a track's first row by its id (a ``#`` in it doubled), a later row with
 the same id as ``<id>#<k>``, a row without an id as ``#row<n>``, its position); so duplicate track ids and
 rows without one are each scored once, and rows appended to the input since are scored on resume. One run
 writes into an OUT_DIR at a time, and each part appears whole or not at all (:mod:`hitmodels.outdir`; an
@@ -367,7 +367,6 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
     ref = resolve(model_name, version, tracking_uri)  # before Ray starts: a registry outage fails fast
     model = load_model(ref, tracking_uri)
     init_ray()
-    warm_workers()
     if precision not in model.precisions:
         raise ValueError(f"{ref.uri} is a {model.family} model, which scores in {', '.join(model.precisions)} "
                          f"only, not {precision}")
@@ -388,6 +387,8 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
+    if extract is None and not path.endswith(".csv"):
+        warm_workers()  # the table can feed the model: start the workers while the driver reads progress and keys
     state = _done_and_same_version(out_dir, ref, max_attempts)
     done = state.done
     schema = output_schema(model_outputs(model))
@@ -412,7 +413,12 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         wanted = ["track_id", *([ROW_KEY] if own else []), *columns, *(["error"] if "error" in have else [])]
         # the model as arrays where its family exports them: a fresh worker then imports neither torch nor
         # mlflow and downloads nothing (pipelines/score_rows.py)
-        kernel = model.kernel() if precision == "fp32" and hasattr(model, "kernel") else None
+        kernel = None
+        if precision == "fp32" and hasattr(model, "kernel"):
+            try:
+                kernel = model.kernel()
+            except ValueError as exc:  # a layer the kernels have no step for: the model scores in the workers
+                print(f"score: {ref.uri} has no NumPy kernel ({exc}); its workers load it", file=sys.stderr)
         score_row_groups(pieces, out_dir, state.retry, batch_size, scorer=kernel or FromRegistry(ref, tracking_uri),
                          by=ScoredBy(ref.name, ref.version), schema=schema, fs=fs, read_columns=wanted,
                          batch_size=batch_size, done=pa.array(sorted(done), pa.string()) if done else None,
@@ -439,7 +445,7 @@ def warm_workers() -> None:
     from pipelines.score_rows import ready
 
     fn = ray.remote(num_cpus=1, max_retries=0)(ready)
-    for _ in range(min(64, int(ray.available_resources().get("CPU", 1)))):
+    for _ in range(min(64, int(ray.available_resources().get("CPU", 0)))):  # none free: nothing to warm
         fn.remote()
 
 
@@ -466,9 +472,12 @@ def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int],
             size = 0
         groups[-1].append(piece)
         size += piece["rows"]
+    # put once, not pickled into every task: the model's arrays, and the keys done and retried (millions of
+    # them after a bad run)
     shared = {k: ray.put(v) if k in ("scorer", "done") else v for k, v in kwargs.items()}
+    attempts_ref = ray.put(attempts)
     fn = ray.remote(num_cpus=1, max_retries=isolate.TASK_RETRIES)(score_into)
-    pending = {fn.remote(group, out_fs, out_path, attempts, **shared): sum(p["rows"] for p in group)
+    pending = {fn.remote(group, out_fs, out_path, attempts_ref, **shared): sum(p["rows"] for p in group)
                for group in groups if group}
     written = 0
     with tqdm(total=sum(pending.values()), unit=" rows", unit_scale=True, desc="score", file=sys.stderr,

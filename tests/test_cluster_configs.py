@@ -268,18 +268,26 @@ def test_an_installed_project_has_every_package():
 
 
 def test_each_aws_node_type_installs_one_torch_build_and_only_the_head_reads_mlflows_secret():
-    """The launcher runs ``setup_commands`` on every node before the head's or a worker type's own; an
-    install there would put the CPU build of torch on the GPU nodes, and the CUDA install after it would be
-    a no-op (torch==2.13.0 already satisfied). File mounts reach every node, so the Postgres URI is not one."""
+    """What each node type runs, as Ray's launcher merges it (``merge_setup_commands``: setup_commands +
+    head_setup_commands on the head, setup_commands + worker_setup_commands on a worker; a node type's own
+    worker_setup_commands replace both): the token made private everywhere, exactly one torch build (its
+    CUDA build on the gpu type), MLflow's Postgres driver on the head. File mounts reach every node, so the
+    Postgres URI is not one; it comes from SSM, and a failed lookup stops the server from starting on a
+    local store instead."""
+    from ray.autoscaler._private.util import merge_setup_commands
+
     cfg = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
-    assert not [c for c in cfg["setup_commands"] if "pip install" in c]
-    per_type = {"head": cfg["head_setup_commands"], "cpu": cfg["worker_setup_commands"],
-                "gpu": cfg["available_node_types"]["gpu"]["worker_setup_commands"]}
+    merged = merge_setup_commands(copy.deepcopy(cfg))
+    effective = {"head": merged["head_setup_commands"], "cpu": merged["worker_setup_commands"],
+                 "gpu": cfg["available_node_types"]["gpu"]["worker_setup_commands"]}
     assert "worker_setup_commands" not in cfg["available_node_types"]["cpu"]
     for name, wheel in (("head", "whl/cpu"), ("cpu", "whl/cpu"), ("gpu", "whl/cu128")):
-        indexes = [c for c in per_type[name] if "download.pytorch.org" in c]
+        assert any(c.startswith("chmod 600 ~/.hitmusic-cluster/ray_auth_token") for c in effective[name]), name
+        indexes = [c for c in effective[name] if "download.pytorch.org" in c]
         assert len(indexes) == 1 and wheel in indexes[0], name
-    assert any("psycopg2" in c for c in per_type["head"])  # MLflow's Postgres backend store
+    assert any("psycopg2" in c for c in effective["head"])  # MLflow's Postgres backend store
     assert list(cfg["file_mounts"]) == ["/home/ray/hitmusic", "/home/ray/.hitmusic-cluster/ray_auth_token"]
     server = next(c for c in cfg["head_start_ray_commands"] if "mlflow server" in c)
     assert "ssm" in server and "--backend-store-uri" not in server  # from the environment, not on argv
+    assert '[ -n "$STORE" ]' in server
+    assert f"-e AWS_DEFAULT_REGION={cfg['provider']['region']}" in cfg["docker"]["run_options"]
