@@ -2,10 +2,10 @@
 lyrics, write) over generated 30 s previews through Ray Data on this machine, against the projection
 ``n_clips / (cores x per-core rate)``, the per-core rate measured in the same run.
 
-    .venv/bin/python benchmarks/bench_extract_job.py [--clips 1000] [--sample 40] [--cores N]
+    .venv/bin/python benchmarks/bench_extract_job.py [--clips 1000] [--sample 100] [--cores N] [--catalogue DIR]
 
 Generates ``--clips`` tracks with ``hitmusic synth`` (30 s WAV previews at 44.1 kHz with lyrics), measures the
-per-core rate on ``--sample`` of them in a fresh process held to one thread (``extract_batch``, the job's own
+per-core rate on ``--sample`` of them (spread over the catalogue) in a fresh process held to one thread (``extract_batch``, the job's own
 per-batch function: decode, audio features, lyric features; nothing written), then runs the job on a local
 Ray instance of ``--cores`` CPUs (default all) from a cold start, and prints both, the projection and the
 ratio job / projection (target <= 1.25). The job's own progress line (rows, rate, ETA) is on stderr.
@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 PER_CORE = """
 import json, os, sys, time
 for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -30,11 +32,12 @@ from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import read_manifest
 from pipelines.extract import extract_batch
 manifest, n = sys.argv[1], int(sys.argv[2])
-rows = read_manifest(manifest).head(n + 2)
+every = read_manifest(manifest)
+rows = every.iloc[::max(1, len(every) // n)].head(n)  # spread over the catalogue, as the job sees it
 policy = InputPolicy.for_manifest(manifest)
-extract_batch(rows.head(2), FeatureConfig(), policy)  # first calls: caches, lazy imports
+extract_batch(every.tail(2), FeatureConfig(), policy)  # first calls: caches, lazy imports
 t0 = time.perf_counter()
-out = extract_batch(rows.iloc[2:], FeatureConfig(), policy)
+out = extract_batch(rows, FeatureConfig(), policy)
 print(json.dumps({"clips": n, "seconds": time.perf_counter() - t0, "errors": sum(1 for e in out.column("error").to_pylist() if e)}))
 """
 
@@ -42,17 +45,21 @@ print(json.dumps({"clips": n, "seconds": time.perf_counter() - t0, "errors": sum
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clips", type=int, default=1000, help="previews to generate and extract (default 1000)")
-    p.add_argument("--sample", type=int, default=40, help="clips timed for the per-core rate (default 40)")
+    p.add_argument("--sample", type=int, default=100,
+                   help="clips timed for the per-core rate, spread over the catalogue (default 100)")
+    p.add_argument("--catalogue", type=Path, help="a catalogue `hitmusic synth` made earlier, instead of a new one")
     p.add_argument("--cores", type=int, default=os.cpu_count(), help="CPUs of the local Ray instance")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     root = Path(__file__).resolve().parents[1]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hitmodels.cli", "synth", str(tmp / "cat"), "--n-tracks", str(args.clips),
-                    "--sr", "44100"], check=True, cwd=root, capture_output=True)
-    manifest = tmp / "cat" / "manifest.parquet"
-    print(f"generated {args.clips} previews of 30 s in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()}",
-          flush=True)
+    if args.catalogue is None:
+        subprocess.run([sys.executable, "-m", "hitmodels.cli", "synth", str(tmp / "cat"), "--n-tracks",
+                        str(args.clips), "--sr", "44100"], check=True, cwd=root, capture_output=True)
+        print(f"generated {args.clips} previews of 30 s in {time.perf_counter() - t0:.0f} s", flush=True)
+    manifest = (args.catalogue or tmp / "cat") / "manifest.parquet"
+    args.clips = len(pd.read_parquet(manifest, columns=["track_id"]))
+    print(f"{args.clips} previews in {manifest}; load {os.getloadavg()}", flush=True)
 
     done = subprocess.run([sys.executable, "-c", PER_CORE, str(manifest), str(args.sample)], cwd=root,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(root)))

@@ -48,7 +48,7 @@ from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.predict import PRECISIONS
 from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
-from hitmodels.services import init_ray
+from hitmodels.services import init_ray, warm_workers
 from hitmodels.data import ROW_KEY, row_keys
 from hitmodels.storage import filesystem, s3_read
 
@@ -388,7 +388,9 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
     if extract is None and not path.endswith(".csv"):
-        warm_workers()  # the table can feed the model: start the workers while the driver reads progress and keys
+        from pipelines.score_rows import ready
+
+        warm_workers(ready)  # the table can feed the model: start the workers while the driver reads progress
     state = _done_and_same_version(out_dir, ref, max_attempts)
     done = state.done
     schema = output_schema(model_outputs(model))
@@ -434,19 +436,6 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         write_isolated(ds, out_dir, state, rows, task, kwargs, ref, schema, max_attempts)
     print(f"score: {table} scored by {ref.uri} ({precision}) into {out_dir}", file=sys.stderr)
     return ref
-
-
-def warm_workers() -> None:
-    """Start the job's worker processes now, while the driver reads the output's progress and the table's
-    row groups: a fresh worker takes seconds to start, and a catalogue's job gets fresh ones. One task that
-    does nothing per CPU of the cluster (at most 64), not waited for."""
-    import ray
-
-    from pipelines.score_rows import ready
-
-    fn = ray.remote(num_cpus=1, max_retries=0)(ready)
-    for _ in range(min(64, int(ray.available_resources().get("CPU", 0)))):  # none free: nothing to warm
-        fn.remote()
 
 
 def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int], rows_per_task: int,
