@@ -169,25 +169,10 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 
 
 def readable_parts(fs, root: str, quarantine: bool = False) -> list[str]:
-    """The store's readable parts. An unreadable one (a run killed while writing it, or a part still being
-    written) is skipped with a warning; with ``quarantine`` (the writing job only, so that readers never race
-    on moving files) it is moved to ``_quarantine/``, so its tracks count as not done and are done again."""
-    import sys
+    """The store's readable parts (:func:`hitmodels.outdir.readable_parts`)."""
+    from .outdir import readable_parts as parts
 
-    good = []
-    for f in parquet_files(fs, root):
-        try:
-            with fs.open_input_file(f) as fh:
-                pq.read_metadata(fh)
-            good.append(f)
-        except Exception as exc:  # truncated footer, zero bytes, not Parquet at all: all mean "redo"
-            if quarantine:
-                fs.create_dir(f"{root}/{QUARANTINE}", recursive=True)
-                fs.move(f, f"{root}/{QUARANTINE}/{f.rsplit('/', 1)[-1]}")
-            print(f"mels: {f} is unreadable ({type(exc).__name__}); "
-                  + ("moved to _quarantine/, its tracks will be done again" if quarantine else "skipped"),
-                  file=sys.stderr)
-    return good
+    return parts(fs, root, quarantine, "mels")
 
 
 class MelStore:

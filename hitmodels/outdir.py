@@ -36,7 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .storage import filesystem
+from .storage import filesystem, parquet_files, s3_read
+
+QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
 
 LOCK_FILE = "_lock"
 STAGING = "_staging"
@@ -309,3 +311,33 @@ def add_resume_argument(p) -> None:
                    help=f"attempts a failing row gets over the runs into one OUT (default {MAX_ATTEMPTS}): a re-run "
                         "retries the rows that failed, each row records its attempt, and readers take its latest; "
                         "1 never retries")
+
+
+def _footer(fs: pafs.FileSystem, path: str) -> None:
+    with fs.open_input_file(path) as f:
+        pq.read_metadata(f)
+
+
+def readable_parts(fs: pafs.FileSystem, root: str, quarantine: bool = False, job: str = "job") -> list[str]:
+    """The readable Parquet parts directly in ``root``. An unreadable one (a run killed while writing it in
+    versions that wrote in place, or a part still being written) is skipped with a warning; with
+    ``quarantine`` (the writing job only, so that readers never race on moving files) it is moved to
+    ``root/_quarantine/``, so its rows count as not done and are done again. On S3 a footer that S3 keeps
+    failing to serve past the retries (:func:`hitmodels.storage.s3_read`) fails the run instead: the part may
+    be whole."""
+    good = []
+    for f in parquet_files(fs, root):
+        try:
+            s3_read(fs, _footer, fs, f)
+            good.append(f)
+        except Exception as exc:  # truncated footer, zero bytes, not Parquet at all: all mean "redo"
+            if not isinstance(fs, pafs.LocalFileSystem) and isinstance(exc, OSError):
+                raise
+            if quarantine:
+                fs.create_dir(f"{root}/{QUARANTINE}", recursive=True)
+                fs.move(f, f"{root}/{QUARANTINE}/{f.rsplit('/', 1)[-1]}")
+            print(f"{job}: {f} is unreadable ({type(exc).__name__}); "
+                  + (f"moved to {QUARANTINE}/, its rows will be done again" if quarantine else "skipped"),
+                  file=sys.stderr)
+    return good
+

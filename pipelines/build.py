@@ -34,7 +34,7 @@ def run(features_dir: str | Path, catalogue: str | Path, out: str | Path) -> Pat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("features", type=Path, help="feature directory written by hitmusic extract")
+    p.add_argument("features", help="feature directory written by hitmusic extract, local or s3://")
     p.add_argument("catalogue", type=Path, help="SPD directory (with 'Data Sources/')")
     p.add_argument("out", type=Path, help="model table to write (Parquet)")
 

@@ -56,6 +56,7 @@ from hitmodels.config import FeatureConfig, InputPolicy
 from hitmodels.data import ROW_KEY, keyed_manifest, read_manifest
 from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.services import init_ray
+from hitmodels.storage import filesystem, location, read_text, write_text
 from hitmodels.entry import module_main
 
 
@@ -222,7 +223,7 @@ def gpu_workers_have_cuda(timeout_s: float = 120.0) -> bool:
         return False
 
 
-QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
+QUARANTINE = outdir.QUARANTINE
 # What fetch_bytes needs to reach an S3-compatible store; forwarded from the driver to the tasks.
 # (Not file paths such as AWS_CA_BUNDLE or AWS_CONFIG_FILE: they mean nothing on another node.)
 # Credentials are not among them: they reach workers through each node's own AWS environment, config file
@@ -230,30 +231,22 @@ QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's datas
 S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "HITMUSIC_S3_MAX_ATTEMPTS")
 
 
-def part_files(out_dir: Path) -> list[Path]:
-    """Readable Parquet parts in ``out_dir``; an unreadable one (a run killed while writing it) is moved to
-    ``out_dir/_quarantine`` so that its tracks count as not done and every later read succeeds."""
-    good = []
-    for f in sorted(out_dir.glob("*.parquet")) if out_dir.is_dir() else []:
-        try:
-            pq.read_metadata(f)
-            good.append(f)
-        except Exception as exc:  # truncated footer, zero bytes, not Parquet at all: all mean "redo"
-            (out_dir / QUARANTINE).mkdir(exist_ok=True)
-            f.rename(out_dir / QUARANTINE / f.name)
-            print(f"extract: {f.name} is unreadable ({type(exc).__name__}); moved to {QUARANTINE}/, its tracks "
-                  "will be extracted again", file=sys.stderr)
-    return good
+def part_files(out_dir: str) -> list[str]:
+    """Readable Parquet parts in ``out_dir`` (a local directory or an ``s3://`` prefix); an unreadable one (a
+    run killed while writing it) is moved to ``out_dir/_quarantine`` so that its tracks count as not done and
+    every later read succeeds (:func:`hitmodels.outdir.readable_parts`)."""
+    fs, root = filesystem(out_dir)
+    return outdir.readable_parts(fs, root, quarantine=True, job="extract")
 
 
-def resume_state(out_dir: Path, max_attempts: int = outdir.MAX_ATTEMPTS) -> outdir.Resume:
+def resume_state(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> outdir.Resume:
     """What a run into ``out_dir`` skips and retries (:func:`hitmodels.outdir.resume_state`)."""
-    return outdir.resume_state(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)], max_attempts)
+    return outdir.resume_state(filesystem(out_dir)[0], part_files(out_dir), max_attempts)
 
 
-def summary(out_dir: Path) -> Counter:
+def summary(out_dir: str) -> Counter:
     """Rows per outcome (``ok`` or the error reason) in ``out_dir``: each row's latest attempt."""
-    rows = outdir.latest(outdir.read_parts(pafs.LocalFileSystem(), [str(f) for f in part_files(out_dir)],
+    rows = outdir.latest(outdir.read_parts(filesystem(out_dir)[0], part_files(out_dir),
                                            ["track_id", ROW_KEY, "error", outdir.ATTEMPT]))
     return Counter(features.error_reason(e if isinstance(e, str) else None) for e in rows["error"])
 
@@ -287,7 +280,8 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
 
     policy = policy or InputPolicy.for_manifest(manifest)
     # resolved here: the Ray Data writers run in the workers, whose working directory is not the user's
-    out_dir = Path(out_dir).resolve()
+    out_dir = location(out_dir)
+    out_fs, out_root = filesystem(out_dir)
     # one run per OUT, held from the resume check to the last part written (hitmodels.outdir)
     with outdir.exclusive(str(out_dir), "extract"):
         init_ray()
@@ -300,8 +294,7 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
         print(f"extract: {len(df) + len(failed)} rows in manifest; in {out_dir}: {state.line()}; "
               f"{len(todo) + len(failed)} to do", file=sys.stderr)
         if len(failed):
-            outdir.write_part(features.rows_to_table(failed.to_dict("records"), cfg), pafs.LocalFileSystem(),
-                              str(out_dir))
+            outdir.write_part(features.rows_to_table(failed.to_dict("records"), cfg), out_fs, out_root)
         if len(todo):
             # Many small input blocks: the job streams, and work spreads over every CPU of the cluster.
             chunks = [todo.iloc[i:i + block_size] for i in range(0, len(todo), block_size)]
@@ -338,7 +331,7 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
                     lost, task, {"cfg": cfg, "policy": policy},
                     lambda row, reason: features.rows_to_table([{**row.iloc[0].to_dict(), "error": reason}], cfg),
                     "extract", _task_env(todo["audio_uri"])):
-                outdir.write_part(table, pafs.LocalFileSystem(), str(out_dir), state.retry)
+                outdir.write_part(table, out_fs, out_root, state.retry)
         counts = summary(out_dir)
         print("extract: rows per outcome: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
               file=sys.stderr)
@@ -348,39 +341,39 @@ def run(manifest: str | Path, out_dir: str | Path, cfg: FeatureConfig = FeatureC
 FEATURE_CONFIG_FILE = "_feature_config.json"  # the leading underscore keeps it out of Arrow's discovery
 
 
-def record_feature_config(out_dir: Path, cfg: FeatureConfig) -> None:
+def record_feature_config(out_dir: str, cfg: FeatureConfig) -> None:
     """Write the settings features are extracted with beside them; resuming with other settings is refused,
     since one table would then hold features that mean different things."""
-    path = Path(out_dir) / FEATURE_CONFIG_FILE
-    if path.is_file():
-        before = FeatureConfig.from_dict(json.loads(path.read_text()))
+    uri = f"{out_dir}/{FEATURE_CONFIG_FILE}"
+    text = read_text(uri)
+    if text is not None:
+        before = FeatureConfig.from_dict(json.loads(text))
         if before != cfg:
             changed = {k: (getattr(before, k), getattr(cfg, k)) for k in asdict(cfg) if getattr(before, k) != getattr(cfg, k)}
             raise ValueError(f"{out_dir} holds features extracted with other settings {changed} (before, now): "
                              "extract into a new directory")
         return
-    if part_files(Path(out_dir)):  # parts from before settings were recorded (schema 2: native rates)
+    if part_files(out_dir):  # parts from before settings were recorded (schema 2: native rates)
         raise ValueError(f"{out_dir} holds features extracted before their settings were recorded (native "
                          "sample rates): extract into a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg)))
+    write_text(uri, json.dumps(asdict(cfg)))
 
 
 def read_features(out_dir: str | Path) -> pd.DataFrame:
-    """The feature table written by :func:`run` (all parts), one row per manifest row (its latest attempt);
-    ``attrs["feature_config"]`` holds the settings they were extracted with (absent for directories from before
-    they were recorded)."""
-    files = [str(f) for f in part_files(Path(out_dir))]
-    df = outdir.latest(outdir.read_parts(pafs.LocalFileSystem(), files))
-    path = Path(out_dir) / FEATURE_CONFIG_FILE
-    if path.is_file():
-        df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(path.read_text())))
+    """The feature table written by :func:`run` (all parts; a local directory or an ``s3://`` prefix), one row
+    per manifest row (its latest attempt); ``attrs["feature_config"]`` holds the settings they were extracted
+    with (absent for directories from before they were recorded)."""
+    out_dir = location(out_dir)
+    df = outdir.latest(outdir.read_parts(filesystem(out_dir)[0], part_files(out_dir)))
+    text = read_text(f"{out_dir}/{FEATURE_CONFIG_FILE}")
+    if text is not None:
+        df.attrs["feature_config"] = asdict(FeatureConfig.from_dict(json.loads(text)))
     return df
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", type=Path, help="manifest (.parquet/.csv: track_id, audio_uri[, lyrics]) or SPD dir")
-    p.add_argument("out_dir", type=Path, help="output directory of Parquet parts (re-runs resume into it)")
+    p.add_argument("out_dir", help="output directory of Parquet parts, local or s3:// (re-runs resume into it)")
     p.add_argument("--batch-size", type=int, default=4, help="tracks per actor call (default 4)")
     p.add_argument("--block-size", type=int, default=64, help="tracks per output block/file (default 64)")
     p.add_argument("--sr", type=int, default=FeatureConfig.sr,

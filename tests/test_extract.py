@@ -141,9 +141,11 @@ def _local_rows(good: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("track_id")[FEATURES]
 
 
+@pytest.mark.s3
 def test_audio_from_s3_compatible_store(ray_local, tiny_catalogue, tmp_path, s3_endpoint):
-    """conftest's session-wide moto server; its endpoint reaches the tasks through AWS_ENDPOINT_URL_S3 and
-    its dummy keys through the environment the workers inherit (never the runtime environment)."""
+    """Previews read from a bucket and features written into one (conftest's session-wide moto server; its
+    endpoint reaches the tasks through AWS_ENDPOINT_URL_S3 and its dummy keys through the environment the
+    workers inherit, never the runtime environment), resumed from there."""
     import uuid
 
     import boto3
@@ -164,10 +166,17 @@ def test_audio_from_s3_compatible_store(ray_local, tiny_catalogue, tmp_path, s3_
     manifest = _manifest(tmp_path / "manifest.parquet", rows)
 
     policy = InputPolicy.for_manifest(manifest, buckets=(bucket, "no-such-bucket"))
-    counts = extract.run(manifest, tmp_path / "out", batch_size=2, block_size=3, policy=policy)
+    out = f"s3://{bucket}/features"  # previews from a bucket, features into one
+    counts = extract.run(manifest, out, batch_size=2, block_size=3, policy=policy)
 
     assert counts == {"ok": 3, "empty": 1, "fetch_failed": 2, "uri_not_allowed": 1}
-    table = extract.read_features(tmp_path / "out").set_index("track_id")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="features/")["Contents"]}
+    assert f"features/{extract.FEATURE_CONFIG_FILE}" in keys and any(k.endswith(".parquet") for k in keys)
+    # a re-run resumes from the bucket: the rows done stay done, the failed fetches are tried again
+    assert extract.run(manifest, out, batch_size=2, block_size=3, policy=policy) == counts
+    table = extract.read_features(out).set_index("track_id")
+    assert len(table) == len(rows) and table.loc["t-s3-no-key", "attempt"] == 2
+    assert (table.loc[list(good["track_id"]), "attempt"] == 1).all()
     assert "NoSuchKey" in table.loc["t-s3-no-key", "error"]
     # the same bytes give the same features as the local files
     pd.testing.assert_frame_equal(table.loc[list(good["track_id"]), FEATURES], _local_rows(good),
