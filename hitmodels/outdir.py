@@ -88,23 +88,33 @@ def exclusive(out: str, job: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = _describe(json.loads(os.pread(fd, 65536, 0) or b"{}"))
-            except ValueError:
-                holder = "another run (its lock file is being rewritten)"
+            holder = "another run (its lock file is being rewritten)"
+            for _ in range(10):  # a heartbeat rewriting the file at this very moment: read it again
+                try:
+                    text = os.pread(fd, 65536, 0)
+                    if text:
+                        holder = _describe(json.loads(text))
+                        break
+                except ValueError:
+                    pass
+                time.sleep(0.05)
             raise OutputLocked(f"{out} is being written by {holder}: wait for it to finish, or write into another "
                                "directory (the lock is released the moment that run exits)") from None
         owner = _owner(job)
         stop = threading.Event()
 
+        def write_owner() -> None:
+            owner["heartbeat"] = time.time()
+            data = json.dumps(owner).encode()
+            # written over the old text, then cut to length: never an empty file for a reader to find
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+
         def beat() -> None:
-            while True:
-                owner["heartbeat"] = time.time()
-                data = json.dumps(owner).encode()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, data, 0)
-                if stop.wait(HEARTBEAT_S):
-                    return
+            while not stop.wait(HEARTBEAT_S):
+                write_owner()
+
+        write_owner()  # before the body runs: another run refused from now on can name this one
 
         beat_thread = threading.Thread(target=beat, daemon=True, name=f"{job}-lock-heartbeat")
         beat_thread.start()
@@ -117,8 +127,9 @@ def exclusive(out: str, job: str) -> Iterator[None]:
         finally:
             stop.set()
             beat_thread.join(timeout=5)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({**owner, "released": time.time()}).encode(), 0)
+            data = json.dumps({**owner, "released": time.time()}).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
     finally:
         os.close(fd)  # releases the flock
 
