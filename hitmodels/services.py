@@ -30,6 +30,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports: :func:`free_port` holds nothing, so two calls can name the same one, which a
+    program given both (``ray start``'s component ports) refuses."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
     """Poll ``url`` until it answers 200; raise with the reason if it never does or ``proc`` dies."""
     deadline = time.monotonic() + timeout_s

@@ -27,7 +27,7 @@ import soundfile as sf
 
 from hitmodels import features
 from hitmodels.config import FeatureConfig, InputPolicy, TrainConfig
-from hitmodels.services import free_port, signal_matching, stop_process
+from hitmodels.services import free_port, free_ports, signal_matching, stop_process
 from pipelines import extract
 
 pytestmark = pytest.mark.integration
@@ -253,26 +253,25 @@ def _two_nodes(dashboard: bool):
     ray_bin = str(Path(sys.executable).parent / "ray")
     # Short: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
     tmp = tempfile.mkdtemp(prefix="hm-ray-", dir="/tmp")
-    port = free_port()
+    port, dashboard_port, client_port, *agent_ports = free_ports(5)  # distinct: `ray start` refuses a repeat
     # token auth as everywhere in this project, with a token of the fixture's own: a fresh machine has no
     # ~/.ray/auth_token, and the user's is neither read nor written
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
-    dashboard_port = free_port()
     common = ["--num-cpus", "1", "--object-store-memory", str(150 * 2**20), "--node-ip-address", "127.0.0.1",
               "--disable-usage-stats", "--block"]
     nodes = {
         "head": ["--head", "--port", str(port), "--include-dashboard", str(dashboard).lower(), "--dashboard-host",
-                 "127.0.0.1", "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(free_port())],
+                 "127.0.0.1", "--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port)],
         "node2": ["--address", f"127.0.0.1:{port}"],
     }
     procs, logs = [], []
     try:
-        for name, args in nodes.items():
+        for (name, args), agent_port in zip(nodes.items(), agent_ports):
             logs.append(open(f"{tmp}/{name}.log", "wb"))
             procs.append(subprocess.Popen(
                 [ray_bin, "start", *args, "--temp-dir", f"{tmp}/{name}", "--dashboard-agent-listen-port",
-                 str(free_port()), *common], env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
+                 str(agent_port), *common], env=env, stdout=logs[-1], stderr=subprocess.STDOUT,
                 start_new_session=True))
             # each node must be up before the next joins and the driver connects: a node that dies or hangs
             # fails here with its log, not as a driver that waits on an absent GCS until the test's timeout

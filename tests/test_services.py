@@ -98,19 +98,20 @@ def test_stop_ray_stops_its_instance_only(tmp_path):
     import time
     from pathlib import Path
 
-    from hitmodels.services import free_port, ray_instance_pids, signal_matching, stop_ray
+    from hitmodels.services import free_ports, ray_instance_pids, signal_matching, stop_ray
 
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     env.pop("RAY_ADDRESS", None)
     tag = tempfile.mkdtemp(prefix="hm-down-", dir="/tmp")  # short: Ray's socket paths live under it
-    ports = {name: free_port() for name in ("ours", "theirs")}
+    picked = iter(free_ports(6))  # distinct: `ray start` refuses a port named twice
+    ports = {name: next(picked) for name in ("ours", "theirs")}
     try:
         for name, port in ports.items():
             subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--temp-dir", f"{tag}/{name}",
                             "--num-cpus", "1", "--include-dashboard", "false", "--node-ip-address", "127.0.0.1",
-                            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port",
-                            str(free_port()), "--object-store-memory", str(80 * 2**20), "--disable-usage-stats"],
+                            "--ray-client-server-port", str(next(picked)), "--dashboard-agent-listen-port",
+                            str(next(picked)), "--object-store-memory", str(80 * 2**20), "--disable-usage-stats"],
                            env=env, check=True, capture_output=True, timeout=120)
         # a detached actor of ours: its worker's argv says only "ray::Sleeper", so it is found as a descendant
         code = ("import os, ray; ray.init(address=os.environ['ADDR'])\n"
