@@ -57,7 +57,8 @@ def plain_loop(table: str, out: str, model_uri: str, kernel: bool = False) -> di
     """The peer: one process, no Ray, the same per-batch work (Arrow -> matrix -> model -> Arrow), with the
     model itself (torch for HitMusicNet) or, with ``kernel``, its NumPy kernel (what the Ray job's tasks run)."""
     from hitmodels.registry import ModelRef, load_model
-    from pipelines.score import array_predictor, model_outputs, output_schema, row_group_batches, score_table
+    from pipelines.score import array_predictor, model_outputs, output_schema
+    from pipelines.score_rows import row_group_batches, score_table
 
     t0 = time.perf_counter()  # from loading the model, as the Ray job's time includes its loading too
     ref = ModelRef("bench", model_uri.rsplit("/", 1)[-1])

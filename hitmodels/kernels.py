@@ -15,7 +15,7 @@ their outputs from the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -215,7 +215,6 @@ class RowKernel:
     outputs: list[str]
     percentile_of: list[float] | None = None
     family: str = ""
-    precisions: tuple[str, ...] = field(default=("fp32",))
 
     def predict_array(self, X: np.ndarray, chunk_rows: int = 2048, precision: str = "fp32") -> dict[str, np.ndarray]:
         """The output columns for raw rows ``(n, len(columns))``, in chunks of ``chunk_rows`` (each chunk's

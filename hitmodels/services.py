@@ -499,18 +499,6 @@ def _alive(pid_file: Path) -> bool:
         return False
 
 
-def warm_workers(ready, limit: int = 64) -> None:
-    """Start a job's worker processes now, while its driver still plans: one task of ``ready`` (a function
-    that does nothing, in the module the job's tasks import, so that unpickling it imports that module) per
-    free CPU of the cluster, at most ``limit``, not waited for. A fresh worker takes seconds to start, and a
-    job gets fresh ones; none is started where no CPU is free."""
-    import ray
-
-    fn = ray.remote(num_cpus=1, max_retries=0)(ready)
-    for _ in range(min(limit, int(ray.available_resources().get("CPU", 0)))):
-        fn.remote()
-
-
 def init_ray(**kwargs) -> None:
     """Connect to the running Ray instance (``RAY_ADDRESS``, ``ray start`` or a ``ray job submit`` driver),
     or start a local one; idempotent."""

@@ -48,8 +48,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from hitmodels import audio, features, isolate, lyrics, outdir
 from hitmodels.config import FeatureConfig, InputPolicy

@@ -48,12 +48,11 @@ from hitmodels.fetch import add_policy_arguments, policy_from_args
 from hitmodels.config import tracking_uri as resolve_tracking_uri
 from hitmodels.predict import PRECISIONS
 from hitmodels.registry import CHAMPION, ModelRef, load_model, resolve
-from hitmodels.services import init_ray, warm_workers
+from hitmodels.services import init_ray
 from hitmodels.data import ROW_KEY, row_keys
 from hitmodels.storage import filesystem, s3_read
 
-from pipelines.score_rows import (ScoredBy, feature_matrix, predict_rows, read_row_group,  # noqa: F401
-                                  row_group_batches, score_pieces, score_table)
+from pipelines.score_rows import ScoredBy, feature_matrix, read_row_group, score_table
 
 BASE_COLUMNS = [("track_id", pa.string()), (ROW_KEY, pa.string()), ("popularity", pa.float64()),
                 ("class", pa.string())]
@@ -298,7 +297,7 @@ def input_columns(uri: str) -> list[str]:
     return pads.dataset(path, filesystem=fs, format="parquet").schema.names
 
 
-QUARANTINE = "_quarantine"  # a leading underscore keeps it out of Arrow's dataset discovery
+QUARANTINE = outdir.QUARANTINE
 
 
 def _progress_columns(fs: pafs.FileSystem, part: str, out_dir: str) -> pd.DataFrame:
@@ -319,22 +318,9 @@ def scored(out_dir: str, max_attempts: int = outdir.MAX_ATTEMPTS) -> tuple[outdi
     the retries (:func:`hitmodels.storage.s3_read`) fails the run and stays. An output begun before row keys existed is refused: it can only be told apart by
     track_id, which loses duplicate rows and repeats rows without an id."""
     fs, path = filesystem(out_dir)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return outdir.resume_from(pd.DataFrame(columns=[ROW_KEY, "error"]), max_attempts), set()
-    frames = []
-    for info in fs.get_file_info(pafs.FileSelector(path)):
-        if not info.path.endswith(".parquet"):
-            continue
-        try:
-            frames.append(s3_read(fs, _progress_columns, fs, info.path, out_dir))
-        except (pa.ArrowException, OSError) as exc:
-            if isinstance(fs, pafs.S3FileSystem) and not isinstance(exc, pa.ArrowInvalid):
-                raise  # S3 still failing after the retries: the part may be fine, so keep it
-            target = f"{path}/{QUARANTINE}/{info.base_name}"
-            fs.create_dir(f"{path}/{QUARANTINE}")
-            fs.move(info.path, target)
-            print(f"score: {info.path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to "
-                  f"{target}, its tracks are scored again", file=sys.stderr)
+    # an unreadable part is moved aside (on S3, one S3 keeps failing to serve fails the run instead)
+    parts = outdir.readable_parts(fs, path, quarantine=True, job="score")
+    frames = [s3_read(fs, _progress_columns, fs, part, out_dir) for part in parts]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[ROW_KEY, "error"])
     versions = {v for v in rows.get("model_version", pd.Series(dtype=object)).tolist() if isinstance(v, str)}
     return outdir.resume_from(rows[rows[ROW_KEY].notna()], max_attempts), versions
@@ -387,10 +373,6 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
         raise ValueError(f"{table} lacks feature column(s) {metadata_only[:10]} needed by {ref.uri} "
                          "(and has no audio_uri to extract them from)")
     fs, path = filesystem(table)
-    if extract is None and not path.endswith(".csv"):
-        from pipelines.score_rows import ready
-
-        warm_workers(ready)  # the table can feed the model: start the workers while the driver reads progress
     state = _done_and_same_version(out_dir, ref, max_attempts)
     done = state.done
     schema = output_schema(model_outputs(model))
@@ -421,7 +403,7 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
                 kernel = model.kernel()
             except ValueError as exc:  # a layer the kernels have no step for: the model scores in the workers
                 print(f"score: {ref.uri} has no NumPy kernel ({exc}); its workers load it", file=sys.stderr)
-        score_row_groups(pieces, out_dir, state.retry, batch_size, scorer=kernel or FromRegistry(ref, tracking_uri),
+        score_row_groups(pieces, out_dir, state.retry, scorer=kernel or FromRegistry(ref, tracking_uri),
                          by=ScoredBy(ref.name, ref.version), schema=schema, fs=fs, read_columns=wanted,
                          batch_size=batch_size, done=pa.array(sorted(done), pa.string()) if done else None,
                          precision=precision)
@@ -438,10 +420,9 @@ def _run(table: str | Path, out_dir: str | Path, model_name: str, version: str, 
     return ref
 
 
-def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int], rows_per_task: int,
-                     **kwargs) -> int:
+def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int], **kwargs) -> int:
     """The feature-table job: Ray tasks of :func:`pipelines.score_rows.score_into` over consecutive row groups
-    of at least ``rows_per_task`` rows each (``kwargs`` are :func:`~pipelines.score_rows.score_pieces`'s),
+    of at least ``batch_size`` rows each (``kwargs`` are :func:`~pipelines.score_rows.score_pieces`'s),
     each writing its part; a progress line with rate and ETA; returns the rows written. Plain tasks rather
     than Ray Data: its worker imports and per-task scheduling cost a feature-row job a third of its time here
     (benchmarks/README.md), and these tasks need neither its streaming nor its operators. A task whose
@@ -456,7 +437,7 @@ def score_row_groups(pieces: list[dict], out_dir: str, attempts: dict[str, int],
     out_fs.create_dir(out_path, recursive=True)
     groups, size = [[]], 0
     for piece in pieces:
-        if size >= rows_per_task:
+        if size >= kwargs["batch_size"]:
             groups.append([])
             size = 0
         groups[-1].append(piece)

@@ -197,9 +197,3 @@ def score_into(pieces: list[dict], out_fs: pafs.FileSystem, out_path: str, attem
 
     table = score_pieces(pieces, **kwargs)
     return int(write_part(table, out_fs, out_path, attempts).column("rows")[0].as_py())
-
-
-def ready() -> None:
-    """A task that does nothing: submitted at a job's start so that its workers' processes start (and import
-    this module) while the driver still plans the job."""
-
